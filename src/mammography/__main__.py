@@ -1,0 +1,3 @@
+from mammography.cli import main
+
+raise SystemExit(main())

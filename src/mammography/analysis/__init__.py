@@ -1,0 +1,71 @@
+"""Measuring attention: is it on the breast, on the expert's region, the same across seeds, faithful?
+
+Modules (each usable on plain numpy maps and masks)::
+
+    maps          normalised maps, mass and shares, the analysis grid, bootstrap CIs
+    spurious      attention outside the breast, in the border band, on burned-in markers
+    localisation  IoU, Dice, pointing game, energy pointing against expert regions
+    patterns      attention on dense tissue per density class; does it widen with density?
+    consistency   cross-seed agreement of predictions and maps, "requires review" verdicts
+    faithfulness  deletion/insertion curves, cascading weight randomisation
+    run_analysis  all of the above over a run's validation images (``mammography analyze``)
+    selection     representative images per class for figures
+
+Entry points::
+
+    from mammography.analysis import AnalysisOptions, analyze_run, compare_runs
+    a42 = analyze_run("outputs/mammo_efficientnetb0_density/results_4", AnalysisOptions(), out_dir="analysis/42")
+    consistency = compare_runs([a42, a43, a44], out_dir="analysis")
+
+Names are imported lazily, so ``import mammography.analysis.selection`` stays light.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    # run level
+    "AnalysisOptions": "mammography.analysis.run_analysis",
+    "RunAnalysis": "mammography.analysis.run_analysis",
+    "ConsistencyResult": "mammography.analysis.run_analysis",
+    "AnalyzeResult": "mammography.analysis.run_analysis",
+    "analyze_run": "mammography.analysis.run_analysis",
+    "analyze_maps": "mammography.analysis.run_analysis",
+    "analyze_runs": "mammography.analysis.run_analysis",
+    "compare_runs": "mammography.analysis.run_analysis",
+    "load_run_analysis": "mammography.analysis.run_analysis",
+    # metrics
+    "normalise_map": "mammography.analysis.maps",
+    "mass_share": "mammography.analysis.maps",
+    "top_fraction_mask": "mammography.analysis.maps",
+    "bootstrap_mean_ci": "mammography.analysis.maps",
+    "MeanCI": "mammography.analysis.maps",
+    "SpuriousThresholds": "mammography.analysis.spurious",
+    "spurious_shares": "mammography.analysis.spurious",
+    "detect_markers": "mammography.analysis.spurious",
+    "border_band": "mammography.analysis.spurious",
+    "localisation_metrics": "mammography.analysis.localisation",
+    "iou": "mammography.analysis.localisation",
+    "dice": "mammography.analysis.localisation",
+    "pointing_game": "mammography.analysis.localisation",
+    "energy_pointing": "mammography.analysis.localisation",
+    "pattern_metrics": "mammography.analysis.patterns",
+    "attention_trend": "mammography.analysis.patterns",
+    "ConsistencyThresholds": "mammography.analysis.consistency",
+    "image_consistency": "mammography.analysis.consistency",
+    "rank_correlation": "mammography.analysis.consistency",
+    "top_region_iou": "mammography.analysis.consistency",
+    "cascading_randomisation": "mammography.analysis.faithfulness",
+    "FaithfulnessResult": "mammography.analysis.faithfulness",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mammography.analysis' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,324 @@
+"""The shared CAM engine: hooks, one forward pass, gradients to the activations only.
+
+How one call works (see DESIGN.md section 4):
+
+1. The model runs in eval mode under ``torch.no_grad()``: no autograd graph
+   is kept for the layers before the shallowest target layer.
+2. A forward hook on each target layer keeps its output ``A``. At the first
+   target reached, the hook switches gradient recording on and makes ``A`` a
+   leaf that requires grad, so the graph starts there (for EfficientNet-B0's
+   ``features.8`` only pool -> dropout -> linear are recorded). The hook hands
+   the rest of the network a *copy* of ``A``: torchvision's MBConv adds its
+   residual in place and some activations are in-place, which would otherwise
+   change the tensor being differentiated.
+3. ``torch.autograd.grad(logits, A, one_hot)`` gives dScore/dA. Only what is
+   needed for ``A`` is computed: no parameter's ``.grad`` is filled and no
+   backward pass runs below the shallowest target layer.
+4. The method turns (A, dScore/dA) into maps, batched on the model's device.
+
+Hooks are removed and every module's train/eval flag restored in ``finally``;
+``requires_grad`` flags are never touched, so frozen models work too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from mammography.cam.layers import LayerSpec, TargetLayer, resolve_layers
+from mammography.cam.result import CAMResult
+from mammography.errors import ConfigError
+
+__all__ = ["BaseCAM", "TargetSpec"]
+
+#: what users may pass as ``targets``: ``None``/``"predicted"`` (the predicted
+#: class), ``"all"`` (every class), one class index for all images, or one per image
+TargetSpec = int | str | Sequence[int] | torch.Tensor | None
+
+_AUTOCAST_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+
+
+class _Capture:
+    """Forward hooks that keep the target activations and start the graph at the first one."""
+
+    def __init__(self, layers: Sequence[TargetLayer]):
+        self.layers = list(layers)
+        self.activations: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> "_Capture":
+        for layer in self.layers:
+            self._handles.append(layer.module.register_forward_hook(self._make_hook(layer.name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _make_hook(self, name: str):
+        def hook(module, inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise ConfigError(
+                    f"layer {name!r} returns {type(output).__name__}, not a tensor; pick a layer with a tensor output"
+                )
+            if name in self.activations:
+                raise ConfigError(
+                    f"layer {name!r} runs more than once in one forward pass (a shared module); "
+                    "pick a layer that runs once"
+                )
+            # From the first target layer on, record the graph. The caller's
+            # no_grad() context restores the previous mode after the forward.
+            torch.set_grad_enabled(True)
+            kept = output if output.requires_grad else output.detach().requires_grad_(True)
+            self.activations[name] = kept
+            # Downstream in-place ops (residual `+=`, inplace SiLU/ReLU) must
+            # not alter what we differentiate: give them a copy.
+            return kept.clone()
+
+        return hook
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Put every module in eval mode; restore each one's own flag afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+class BaseCAM:
+    """Gradient-based class activation maps at one or more layers of a classifier.
+
+    Subclasses define :meth:`compute_maps`, i.e. how activations are weighted.
+    Create one per model and call it on batches; it holds no hooks between
+    calls. Usable as a context manager (``with GradCAM(model) as cam: ...``).
+
+    Parameters
+    ----------
+    model : a classifier returning logits (B, K) for images (B, C, H, W).
+    layers : target layers: ``None`` (the last conv block: ``"features.8"``
+        for EfficientNet-B0), a dotted name, a list of names, or ``"stages"``
+        (``features.0`` .. ``features.8``); see
+        :func:`mammography.cam.layers.resolve_layers`.
+    channels_last : feed the input in channels-last memory format (faster
+        convolutions on CPU and GPU; convert the model too with
+        ``model.to(memory_format=torch.channels_last)`` for the full gain).
+    autocast : ``None`` (model dtype), ``"bf16"`` or ``"fp16"``: run the forward
+        pass under ``torch.autocast`` on the model's device (meant for CUDA).
+        CAM maths is always float32.
+
+    Examples
+    --------
+    >>> cam = GradCAM(model, layers=["features.6", "features.8"])
+    >>> res = cam(images)                      # predicted class
+    >>> res["features.8"].shape                # (B, 16, 16) at 512 px
+    >>> heat = res.normalise().upsample()      # (B, 512, 512) in [0, 1]
+    """
+
+    #: short name used in results, files and the CLI
+    name: ClassVar[str] = "base"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: LayerSpec = None,
+        *,
+        channels_last: bool = True,
+        autocast: str | torch.dtype | None = None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.layers = resolve_layers(model, layers)
+        self.channels_last = bool(channels_last)
+        self.autocast_dtype = _parse_autocast(autocast)
+
+    # -- the method -------------------------------------------------------
+    def compute_maps(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        """Raw CAM (before the final ReLU) from activations and gradients.
+
+        Parameters
+        ----------
+        activations, gradients : (N, C, h, w) float32, dScore/dA for each image.
+
+        Returns
+        -------
+        (N, h, w) tensor.
+        """
+        raise NotImplementedError
+
+    # -- context manager ---------------------------------------------------
+    def __enter__(self) -> "BaseCAM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing is hooked between calls; kept so ``with`` blocks read naturally."""
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(layer.name for layer in self.layers)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layers={list(self.layer_names)})"
+
+    # -- the engine ----------------------------------------------------------
+    def __call__(self, images: torch.Tensor, targets: TargetSpec = None) -> CAMResult:
+        """Compute CAMs for a batch.
+
+        Parameters
+        ----------
+        images : (B, C, H, W) tensor, normalised as the model expects; moved to
+            the model's device.
+        targets : which class each map explains: ``None`` or ``"predicted"``
+            (the predicted class), an ``int`` (that class for every image), a
+            sequence / tensor of B class indices (e.g. the true classes), or
+            ``"all"`` (every class, from one forward pass). 0-based indices.
+
+        Returns
+        -------
+        CAMResult
+        """
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ConfigError(f"images must be a (B, C, H, W) tensor, got {shape}")
+        # a caller's inference_mode would forbid the small graph we record
+        with torch.inference_mode(False):
+            x = self._prepare_input(images)
+            capture = _Capture(self.layers)
+            logits = self._forward(x, capture)
+            return self._explain(capture.activations, logits, targets, tuple(x.shape[-2:]))
+
+    def _forward(self, x: torch.Tensor, capture: _Capture) -> torch.Tensor:
+        """The model's forward pass; hooks off and train/eval flags restored on the way out."""
+        with _eval_mode(self.model), capture, torch.no_grad(), self._autocast(x.device):
+            return self.model(x)
+
+    def _prepare_input(self, images: torch.Tensor) -> torch.Tensor:
+        param = next(self.model.parameters(), None)
+        device = param.device if param is not None else images.device
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        x = images.to(device=device, dtype=dtype)
+        if x.is_inference():
+            x = x.clone()  # a normal tensor (we run under inference_mode(False))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _autocast(self, device: torch.device):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+    def _explain(
+        self,
+        activations: dict[str, torch.Tensor],
+        logits: torch.Tensor,
+        targets: TargetSpec,
+        input_size: tuple[int, int],
+    ) -> CAMResult:
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise ConfigError("the model must return a (B, K) tensor of logits for CAMs")
+        missing = [n for n in self.layer_names if n not in activations]
+        if missing:
+            raise ConfigError(f"target layer(s) {', '.join(missing)} did not run in the forward pass")
+        acts = [activations[n] for n in self.layer_names]
+        if not logits.requires_grad:
+            raise ConfigError(f"the logits do not depend on layer(s) {', '.join(self.layer_names)}")
+
+        batch, num_classes = logits.shape
+        all_classes = isinstance(targets, str) and targets == "all"
+        classes = (
+            torch.arange(num_classes, device=logits.device)
+            if all_classes
+            else _resolve_targets(targets, logits.detach(), batch, num_classes)
+        )
+        per_class: list[list[torch.Tensor]] = []  # [class pass][layer] -> (B, h, w)
+        columns = classes.tolist() if all_classes else [classes]
+        for i, cls in enumerate(columns):
+            one_hot = torch.zeros_like(logits)
+            if all_classes:
+                one_hot[:, cls] = 1
+            else:
+                one_hot.scatter_(1, cls[:, None], 1)
+            # Images are independent in eval mode, so the gradient of the
+            # summed per-image scores is each image's own gradient.
+            grads = torch.autograd.grad(
+                logits, acts, grad_outputs=one_hot, retain_graph=i < len(columns) - 1, allow_unused=True
+            )
+            per_class.append([self._maps_for(name, a, g) for name, a, g in zip(self.layer_names, acts, grads)])
+
+        logits = logits.detach().float()
+        if all_classes:
+            maps = {n: torch.stack([pc[j] for pc in per_class], dim=1) for j, n in enumerate(self.layer_names)}
+            target_t = classes.expand(batch, num_classes).clone()
+        else:
+            maps = dict(zip(self.layer_names, per_class[0]))
+            target_t = classes
+        return CAMResult(
+            maps=maps,
+            logits=logits,
+            probs=torch.softmax(logits, dim=1),
+            targets=target_t,
+            method=self.name,
+            input_size=input_size,
+        )
+
+    def _maps_for(self, name: str, act: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+        if grad is None:
+            raise ConfigError(f"the logits do not depend on layer {name!r}")
+        if act.ndim != 4:
+            raise ConfigError(f"layer {name!r} gives a {act.ndim}-D output; CAMs need (B, C, h, w) feature maps")
+        work = torch.promote_types(act.dtype, torch.float32)
+        with torch.no_grad():
+            raw = self.compute_maps(act.detach().to(work), grad.to(work))
+            return torch.relu(raw).float().contiguous()
+
+
+def _resolve_targets(targets: TargetSpec, logits: torch.Tensor, batch: int, num_classes: int) -> torch.Tensor:
+    """(B,) int64 class indices on the logits' device."""
+    if targets is None or (isinstance(targets, str) and targets == "predicted"):
+        return logits.argmax(1)
+    if isinstance(targets, str):
+        raise ConfigError(f"unknown targets {targets!r}; use 'predicted', 'all', a class index or one per image")
+    t = torch.as_tensor(targets, device=logits.device)
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise ConfigError("target classes must be integers (0-based class indices)")
+    t = t.long()
+    if t.ndim == 0:
+        t = t.expand(batch).clone()
+    if t.shape != (batch,):
+        raise ConfigError(f"got {t.numel()} target classes for {batch} images")
+    if int(t.min()) < 0 or int(t.max()) >= num_classes:
+        raise ConfigError(f"target classes must be in 0..{num_classes - 1}, got {t.tolist()}")
+    return t
+
+
+def _parse_autocast(value: str | torch.dtype | None) -> torch.dtype | None:
+    if value is None or value in ("none", "fp32", "float32"):
+        return None
+    if isinstance(value, torch.dtype):
+        if value in (torch.bfloat16, torch.float16):
+            return value
+        if value == torch.float32:
+            return None
+    elif str(value).lower() in _AUTOCAST_DTYPES:
+        return _AUTOCAST_DTYPES[str(value).lower()]
+    raise ConfigError(f"autocast must be None, 'bf16' or 'fp16', got {value!r}")

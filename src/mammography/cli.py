@@ -1,0 +1,745 @@
+"""The ``mammography`` command line.
+
+Thin by design: each sub-command parses its flags, calls one library
+function and prints what it wrote. Errors a user can cause are
+:class:`~mammography.errors.MammographyError`: printed as one line on stderr,
+exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from mammography import __version__
+from mammography.errors import MammographyError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse parser whose errors are one line and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _strip_lone_dashdash(argv: list[str]) -> list[str]:
+    """Drop a lone ``--`` right after the sub-command.
+
+    The users' seed workflow is ``mammography report-pack -- --run results_4``
+    (written for a wrapper that forwards everything after ``--``).
+    """
+    if len(argv) >= 2 and argv[1] == "--" and not argv[0].startswith("-"):
+        return [argv[0], *argv[2:]]
+    return argv
+
+
+def _add_command(sub, name: str, help: str, description: str, epilog: str = ""):
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=_Formatter,
+    )
+
+
+# ---------------------------------------------------------------------------
+# sub-commands (one _add_* function each; the handler is set with set_defaults)
+# ---------------------------------------------------------------------------
+
+_COMMANDS: list = []  # the _add_* functions, in the order --help lists them
+
+
+def _register(fn):
+    _COMMANDS.append(fn)
+    return fn
+
+
+# <cmd:demo> (owned by the demo work; keep the anchor)
+@_register
+def _add_demo(sub):
+    p = _add_command(
+        sub, "demo",
+        help="run the whole chain on built-in phantom mammograms (synth, train 3 seeds, report, explorer)",
+        description=(
+            "Write a phantom data set (DICOM files with known dense-tissue masks), train seeds 42, 43\n"
+            "and 44 at a reduced size, run report-pack over the three runs and build the explorer.\n"
+            "Everything goes under --out; a re-run replaces what an earlier demo wrote there."
+        ),
+        epilog="example:\n  mammography demo --out mammography-demo",
+    )
+    p.add_argument("--out", type=_path, default=Path("mammography-demo"), help="demo folder")
+    p.add_argument("--n", type=int, default=200, help="number of phantom images")
+    p.add_argument("--img-size", type=int, default=128, help="model input side for training and Grad-CAM (px)")
+    p.add_argument("--epochs", type=int, default=12, help="training epochs per seed")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
+    p.add_argument("--no-explorer", action="store_true", help="skip the explorer site")
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from mammography.demo import DemoConfig, run_demo
+
+    config = DemoConfig(out=args.out, n=args.n, img_size=args.img_size, epochs=args.epochs,
+                        device=args.device, explorer=not args.no_explorer)
+    result = run_demo(config)
+    total = sum(result.seconds.values())
+    print(f"demo finished in {total:.0f} s; everything is under {args.out}")
+    return 0
+
+
+# <cmd:synth> (owned by the synth work; keep the anchor)
+
+
+def _size_arg(value: str):
+    from mammography.synth import parse_size
+
+    try:
+        return parse_size(value)
+    except MammographyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _density_class_arg(value: str) -> int:
+    from mammography.data.labels import parse_label
+
+    try:
+        label = parse_label(value)
+    except ValueError:
+        label = None
+    if label is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a density class (1-4 or A-D)")
+    return label
+
+
+def _class_mix_arg(value: str) -> tuple[float, ...]:
+    try:
+        mix = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        mix = ()
+    if len(mix) != 4 or any(v < 0 for v in mix) or sum(mix) <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not 4 non-negative shares like 0.1,0.4,0.4,0.1")
+    return mix
+
+
+@_register
+def _add_synth(sub):
+    p = _add_command(
+        sub, "synth",
+        help="write a phantom mammography data set (DICOM, masks, manifest.csv)",
+        description=(
+            "Write phantom mammograms as DICOM (MG, 12/14-bit, some MONOCHROME1, some JPEG 2000\n"
+            "lossless) with CC and MLO views of both breasts per patient, the dense-tissue and breast\n"
+            "masks as PNG, and OUT/manifest.csv (split by patient, stratified by class). Each image's\n"
+            "fibroglandular share lies inside the BI-RADS range of its class; all images of a patient\n"
+            "share the class. --n is rounded up to whole patients (4 images each). The same seed\n"
+            "writes the same bytes. --shortcut K burns a bright square into 90% of class K's images\n"
+            "(and no other class's), recorded in the manifest's artifact_bbox column."
+        ),
+        epilog=(
+            "examples:\n  mammography synth --out phantoms --n 400 --seed 0\n"
+            "  mammography synth --out phantoms_shortcut --n 200 --size 512x416 --shortcut 4"
+        ),
+    )
+    p.add_argument("--out", type=_path, default=Path("phantoms"), metavar="DIR", help="output folder")
+    p.add_argument("--n", type=int, default=400, help="number of images (rounded up to a multiple of 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of everything written")
+    p.add_argument("--size", type=_size_arg, default="1024x832", metavar="HxW",
+                   help="image size; a single number is the rows, width = 0.8125 x rows")
+    p.add_argument("--shortcut", type=_density_class_arg, metavar="CLASS",
+                   help="plant a bright marker on 90%% of this class's images (1-4 or A-D)")
+    p.add_argument("--class-mix", type=_class_mix_arg, default="0.1,0.4,0.4,0.1", metavar="A,B,C,D",
+                   help="share of patients per class")
+    p.add_argument("--val-frac", type=float, default=0.2, help="share of patients in the val split")
+    p.add_argument("--compressed-share", type=float, default=0.2,
+                   help="share of files stored JPEG 2000 lossless (when an encoder is installed)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="processes drawing phantoms (default: 1 below 64 images, else up to 8 CPUs)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(handler=_run_synth)
+
+
+def _run_synth(args) -> int:
+    import json
+
+    from mammography.data.labels import class_title
+    from mammography.synth import generate_dataset
+
+    manifest = generate_dataset(
+        args.out, n=args.n, seed=args.seed, size=args.size, class_mix=args.class_mix,
+        shortcut=args.shortcut, val_frac=args.val_frac, compressed_share=args.compressed_share,
+        workers=args.workers, progress=args.progress,
+    )
+    info = json.loads((manifest.parent / "synth.json").read_text())
+    rows, cols = info["size"]
+    print(f"wrote {info['n_images']} phantom mammograms ({info['n_patients']} patients, "
+          f"{rows}x{cols}, seed {info['seed']}) to {manifest.parent}")
+    for k in range(1, 5):
+        print(f"  class {class_title(k)}: {info['images_per_class'][str(k)]} images")
+    split = info["images_per_split"]
+    print(f"  split by patient: {split['train']} train / {split['val']} val images")
+    encoder = "" if info["jpeg2000_available"] else " (no JPEG 2000 encoder installed)"
+    print(f"  JPEG 2000 lossless: {info['jpeg2000_images']} files{encoder}; "
+          f"MONOCHROME1: {info['monochrome1_images']} files")
+    if info["shortcut_class"] is not None:
+        print(f"  shortcut marker on {info['shortcut_images']} images of class {info['shortcut_class']} "
+              "(manifest column artifact_bbox)")
+    print(f"manifest: {manifest}")
+    return 0
+
+# <cmd:train-density> (owned by the train-density work; keep the anchor)
+
+
+def _add_training_flags(p, outdir_default: str) -> None:
+    """Flags shared by train-density and cross-validate (one TrainConfig field each)."""
+    data = p.add_argument_group("data")
+    data.add_argument("--csv", type=_path, required=True, metavar="MANIFEST",
+                      help="manifest CSV (our manifest, image_path+label, or AccessionNumber+Classification)")
+    data.add_argument("--dicom-root", type=_path, metavar="DIR",
+                      help="folder of <AccessionNumber>/*.dcm for accession manifests")
+    data.add_argument("--outdir", type=_path, default=Path(outdir_default), metavar="DIR",
+                      help="parent folder of the run folders")
+    data.add_argument("--limit", type=int, metavar="N", help="use a seeded random sample of N manifest rows (quick trials)")
+    data.add_argument("--img-size", type=int, default=512, metavar="PX", help="side of the square model input")
+    data.add_argument("--no-normalise-laterality", dest="normalise_laterality", action="store_false",
+                      help="do not mirror right breasts (default: chest wall always on the left)")
+    data.add_argument("--cache-dir", type=_path, metavar="DIR",
+                      help="decoded-image cache (default: $MAMMOGRAPHY_CACHE or ~/.cache/mammography)")
+    data.add_argument("--no-cache", dest="use_cache", action="store_false",
+                      help="decode every image every epoch; write no cache")
+    data.add_argument("--num-workers", type=int, default=0, metavar="N", help="DataLoader worker processes")
+    opt = p.add_argument_group("training")
+    opt.add_argument("--seed", type=int, default=42, help="seed of the split, initialisation, shuffling and dropout")
+    opt.add_argument("--epochs", type=int, default=10)
+    opt.add_argument("--batch-size", type=int, default=8)
+    opt.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (cosine decay over the epochs)")
+    opt.add_argument("--weight-decay", type=float, default=1e-4)
+    opt.add_argument("--save-best", action="store_true",
+                     help="write the epoch with the best bal_acc_adj (default: the last epoch)")
+    opt.add_argument("--no-class-weights", dest="class_weighted", action="store_false",
+                     help="plain cross-entropy (default: weighted by inverse class frequency)")
+    opt.add_argument("--pretrained-weights", type=_path, metavar="FILE",
+                     help="local backbone weights to start from (nothing is downloaded)")
+    opt.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    opt.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _training_config(args):
+    from mammography.training.train import TrainConfig
+
+    return TrainConfig(
+        csv=args.csv, outdir=args.outdir, dicom_root=args.dicom_root, seed=args.seed, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, img_size=args.img_size,
+        val_frac=getattr(args, "val_frac", 0.2), save_best=args.save_best, device=args.device,
+        num_workers=args.num_workers, cache_dir=args.cache_dir, use_cache=args.use_cache,
+        normalise_laterality=args.normalise_laterality, pretrained_weights=args.pretrained_weights,
+        limit=args.limit, use_manifest_split=getattr(args, "use_manifest_split", False),
+        split_seed=getattr(args, "split_seed", None), class_weighted=args.class_weighted, progress=args.progress,
+    )
+
+
+@_register
+def _add_train_density(sub):
+    p = _add_command(
+        sub, "train-density",
+        help="train an EfficientNet-B0 density classifier into a run directory",
+        description=(
+            "Train EfficientNet-B0 (4 BI-RADS density classes) on a manifest. The data are split by\n"
+            "patient, stratified by class (drawn from --seed, or --split-seed; or the manifest's split\n"
+            "column with --use-manifest-split). The run goes to OUTDIR/results, then results_1,\n"
+            "results_2 ...: best_model.pth, summary.json, val_predictions.csv, metrics/val_metrics.json,\n"
+            "train_history.csv/.png and split.csv. With --save-best the epoch with the best\n"
+            "chance-adjusted balanced accuracy (bal_acc_adj) is written, else the last epoch."
+        ),
+        epilog=(
+            "example:\n  mammography train-density --csv phantoms/manifest.csv \\\n"
+            "      --outdir outputs/mammo_efficientnetb0_density --seed 42 --save-best \\\n"
+            "      --epochs 20 --batch-size 8 --img-size 512"
+        ),
+    )
+    _add_training_flags(p, "outputs/mammo_efficientnetb0_density")
+    split = p.add_argument_group("split")
+    split.add_argument("--val-frac", type=float, default=0.2, help="fraction of patients (per class) to validate on")
+    split.add_argument("--split-seed", type=int, metavar="N",
+                       help="seed of the patient split only (default: --seed); fix it to compare seeds on one split")
+    split.add_argument("--use-manifest-split", action="store_true",
+                       help="use the manifest's split column (train/val) instead of drawing a split")
+    p.set_defaults(handler=_run_train_density)
+
+
+def _run_train_density(args) -> int:
+    from mammography.training.train import train_density
+
+    run_dir = train_density(_training_config(args))
+    print(f"wrote run {run_dir}")
+    return 0
+
+# <cmd:cross-validate> (owned by the cross-validate work; keep the anchor)
+
+
+@_register
+def _add_cross_validate(sub):
+    p = _add_command(
+        sub, "cross-validate",
+        help="K-fold cross-validation of the density model, by patient",
+        description=(
+            "Train K density models on patient-grouped, class-stratified folds (drawn from --seed).\n"
+            "Writes OUTDIR/results_k{K}_seed{S}/fold_{1..K}/results/ (each a complete run directory,\n"
+            "validated on its held-out fold), cv_split.csv and cv_summary.json (per-fold metrics,\n"
+            "mean, std (ddof=1) and 95 % t confidence interval of each metric)."
+        ),
+        epilog=(
+            "example:\n  mammography cross-validate --folds 3 --seed 42 --csv phantoms/manifest.csv \\\n"
+            "      --outdir outputs/density_experiments --save-best --epochs 20"
+        ),
+    )
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="number of folds")
+    _add_training_flags(p, "outputs/density_experiments")
+    p.set_defaults(handler=_run_cross_validate)
+
+
+def _run_cross_validate(args) -> int:
+    from mammography.training.cv import cross_validate
+
+    root = cross_validate(_training_config(args), folds=args.folds)
+    print(f"wrote cross-validation {root} ({args.folds} folds, cv_summary.json)")
+    return 0
+
+# <cmd:explain> (owned by the explain work; keep the anchor)
+
+
+@_register
+def _add_explain(sub):
+    p = _add_command(
+        sub, "explain",
+        help="compute Grad-CAM maps for every validation image of a run and store them",
+        description=(
+            "Compute class activation maps for every image in a run's val_predictions.csv, in batches,\n"
+            "with the run's own input size, normalisation and laterality rule. Writes per run:\n"
+            "  cam_<method>.npz              low-resolution maps per layer (e.g. 16x16 for features.8 at\n"
+            "                                512 px), logits, probabilities, explained classes and each\n"
+            "                                image's geometry, compressed; redraw figures without the model\n"
+            "  cam_<method>_predictions.csv  recomputed prediction per image next to the run's stored one\n"
+            "into OUT/<run id>. A cross-validation root means each of its folds (OUT/<root>__fold_<n>)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  mammography explain --run results_4\n"
+            "  mammography explain --run results_4 results_5 --layers stages --method hirescam --out outputs/cams\n"
+            "  mammography explain --run results_k3_seed42 --layers features.6 features.8 --target all --device cuda"
+        ),
+    )
+    p.add_argument("--run", dest="runs", action="extend", nargs="+", required=True, metavar="PATH",
+                   help="run directory, name under the outputs folder, glob or cross-validation root "
+                        "(e.g. --run results_4)")
+    p.add_argument("--outputs-root", type=_path, default=Path("outputs"), metavar="DIR",
+                   help="where relative run names are looked up (e.g. --outputs-root /data/outputs)")
+    p.add_argument("--layers", action="extend", nargs="+", metavar="NAME",
+                   help="target layers: names (comma or space separated) or 'stages' for features.0..8 "
+                        "(default: features.8; e.g. --layers features.6 features.8)")
+    p.add_argument("--method", default="gradcam",
+                   help="gradcam, gradcam++, hirescam, xgradcam or layercam (e.g. --method layercam)")
+    p.add_argument("--target", default="predicted", metavar="CLASS",
+                   help="class each map explains: predicted, true, all (every class), or a class 1..4 / A..D "
+                        "(e.g. --target true)")
+    p.add_argument("--out", type=_path, default=Path("outputs/explanations"), metavar="DIR",
+                   help="output folder; each run gets OUT/<run id> (e.g. --out Article/cams)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch (e.g. 32 on a GPU)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (e.g. --device cuda)")
+    p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none",
+                   help="mixed precision for the forward pass on a GPU (e.g. --autocast bf16)")
+    p.add_argument("--cache-dir", type=_path, metavar="DIR",
+                   help="decoded-image cache (default: $MAMMOGRAPHY_CACHE or ~/.cache/mammography)")
+    p.add_argument("--no-cache", dest="use_cache", action="store_false", help="decode every image, write no cache")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(handler=_run_explain)
+
+
+def _run_explain(args) -> int:
+    from mammography.cam.explain import explain_runs, parse_target
+    from mammography.data.dataset import default_cache_dir
+
+    layers = [name for item in (args.layers or []) for name in item.split(",") if name] or None
+    if layers is not None and len(layers) == 1:
+        layers = layers[0]
+    outputs = explain_runs(
+        args.runs, layers, args.method, args.out, outputs_root=args.outputs_root,
+        targets=parse_target(args.target), batch_size=args.batch_size, device=args.device,
+        autocast=None if args.autocast == "none" else args.autocast,
+        cache_dir=(args.cache_dir or default_cache_dir()) if args.use_cache else None, progress=args.progress,
+    )
+    for out in outputs:
+        agree = "" if out.n_agree == out.n_images else f" (differs from the run's record for {out.n_images - out.n_agree})"
+        print(f"{out.run_id}: {out.n_images} images, {out.method} at {', '.join(out.layers)}{agree}")
+        print(f"wrote {out.npz_path}")
+        print(f"wrote {out.csv_path}")
+    return 0
+
+# <cmd:analyze> (owned by the analyze work; keep the anchor)
+
+
+@_register
+def _add_analyze(sub):
+    p = _add_command(
+        sub, "analyze",
+        help="measure where trained models look: artefacts, expert regions, agreement across seeds, faithfulness",
+        description=(
+            "Compute Grad-CAM for every validation image of each run and measure it on the image in its\n"
+            "own orientation (longer side --analysis-size px):\n"
+            "  spurious attention   share of heatmap mass outside the breast, in a border band and on\n"
+            "                       burned-in markers found in the image; a run is flagged above a threshold\n"
+            "  localisation         IoU, Dice, pointing game and energy pointing against the expert region\n"
+            "                       (roi_path in the predictions/--manifest, or --roi-dir), 95 % bootstrap CIs\n"
+            "  clinical patterns    attention on dense tissue per density class; does it widen from 1 to 4?\n"
+            "  consistency          with two or more runs sharing validation images: per image each seed's\n"
+            "                       prediction, rank correlation and top-20 % IoU of the maps, and\n"
+            "                       'high agreement' or 'low agreement - requires review' with the reasons\n"
+            "  --faithfulness       deletion/insertion curves vs a random order, on a seeded sample\n"
+            "  --sanity             cascading weight randomisation (head, then the last blocks)\n"
+            "Writes OUT/<seed>/attention_per_image.csv, attention_summary.json, attention_maps.npz,\n"
+            "localisation_by_class.csv, patterns_by_class.csv, faithfulness_per_image.csv, and in OUT:\n"
+            "consistency.csv, consistency_summary.json, density_gradcam_consistency.png,\n"
+            "density_gradcam_spurious_seed<seed>.png, attention_tables.tex and attention_tables.md."
+        ),
+        epilog=(
+            "examples:\n"
+            "  mammography analyze --run results_4 --run results_5 --run results_6 --out outputs/analysis\n"
+            "  mammography analyze --run outputs/mammo_efficientnetb0_density/results_4 \\\n"
+            "      --roi-dir data/roi_masks --faithfulness --sanity --device cuda"
+        ),
+    )
+    src = p.add_argument_group("runs and data")
+    src.add_argument("--run", dest="runs", action="extend", nargs="+", required=True, metavar="PATH",
+                     help="run directory, name under the outputs folder, glob or cross-validation root; "
+                          "repeatable (e.g. --run results_4 --run results_5)")
+    src.add_argument("--outputs-root", type=_path, default=Path("outputs"), metavar="DIR",
+                     help="where relative run names are looked up (e.g. --outputs-root /data/outputs)")
+    src.add_argument("--roi-dir", type=_path, metavar="DIR",
+                     help="folder of expert-region masks named <image stem>.png (or _roi/_mask/_dense.png), "
+                          "used where the predictions have no roi_path (e.g. --roi-dir data/roi_masks)")
+    src.add_argument("--manifest", type=_path, metavar="CSV",
+                     help="manifest whose roi_path, breast_mask_path and artifact_bbox columns fill in what the "
+                          "run's predictions lack (e.g. --manifest phantoms/manifest.csv)")
+    src.add_argument("--dense-source", choices=("auto", "roi", "estimate"), default="auto",
+                     help="dense-tissue masks for the pattern summary: roi = the ROI masks, estimate = breast "
+                          "pixels above Otsu's threshold, auto = roi for phantom sets written by "
+                          "'mammography synth', else estimate (e.g. --dense-source estimate)")
+    out = p.add_argument_group("outputs")
+    out.add_argument("--out", type=_path, default=Path("outputs/analysis"), metavar="DIR",
+                     help="output folder (e.g. --out Article/analysis)")
+    out.add_argument("--no-figures", dest="figures", action="store_false",
+                     help="write the numbers and tables only (e.g. on a headless cluster)")
+    out.add_argument("--colormap", default="jet", help="colour map of the figures (e.g. --colormap turbo)")
+    cam = p.add_argument_group("maps")
+    cam.add_argument("--method", default="gradcam",
+                     help="CAM method: gradcam, gradcam++, hirescam, xgradcam or layercam (e.g. --method hirescam)")
+    cam.add_argument("--layer", metavar="NAME", help="target layer (default: the last conv block, features.8)")
+    cam.add_argument("--analysis-size", type=int, default=256, metavar="PX",
+                     help="longer side of the grid the maps and masks are compared on (e.g. --analysis-size 512)")
+    cam.add_argument("--max-images", type=int, metavar="N",
+                     help="analyse only the first N validation images by path (e.g. --max-images 50 for a quick look)")
+    th = p.add_argument_group("thresholds")
+    th.add_argument("--outside-threshold", type=float, default=0.7, metavar="SHARE",
+                    help="an image is flagged when more than this share of its heatmap mass lies outside the breast")
+    th.add_argument("--border-threshold", type=float, default=0.2, metavar="SHARE",
+                    help="... when more than this share lies in the border band (3 %% of each side)")
+    th.add_argument("--marker-enrichment", type=float, default=3.0, metavar="X",
+                    help="... when its share on detected markers is more than X times the markers' area share")
+    th.add_argument("--max-flag-rate", type=float, default=0.1, metavar="RATE",
+                    help="a run is flagged for a kind when more than this share of its images is flagged for it")
+    th.add_argument("--min-rank-correlation", type=float, default=0.5, metavar="RHO",
+                    help="seed pairs below this Spearman rho attend to different regions")
+    th.add_argument("--min-top-iou", type=float, default=0.3, metavar="IOU",
+                    help="seed pairs whose top-20 %% regions overlap less than this attend to different regions")
+    extra = p.add_argument_group("faithfulness and sanity")
+    extra.add_argument("--faithfulness", action="store_true", help="deletion/insertion curves on a seeded sample")
+    extra.add_argument("--faithfulness-images", type=int, default=16, metavar="N",
+                       help="images in the faithfulness sample (e.g. --faithfulness-images 64 on a GPU)")
+    extra.add_argument("--faithfulness-steps", type=int, default=20, metavar="N", help="steps per curve")
+    extra.add_argument("--faithfulness-baseline", choices=("zero", "blur", "mean"), default="zero",
+                       help="what deleted pixels become: zero = black like the air around the breast")
+    extra.add_argument("--sanity", action="store_true",
+                       help="cascading randomisation of the head and the last blocks, on a seeded sample")
+    extra.add_argument("--sanity-images", type=int, default=8, metavar="N", help="images in the sanity sample")
+    extra.add_argument("--seed", type=int, default=0, help="seed of the samples, random orders and bootstrap")
+    comp = p.add_argument_group("computation")
+    comp.add_argument("--device", default="auto", help="auto, cpu or cuda (e.g. --device cpu)")
+    comp.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per Grad-CAM batch")
+    comp.add_argument("--cache-dir", type=_path, metavar="DIR",
+                      help="decoded-image cache (default: $MAMMOGRAPHY_CACHE or ~/.cache/mammography)")
+    comp.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(handler=_run_analyze)
+
+
+def _run_analyze(args) -> int:
+    from mammography.analysis.consistency import ConsistencyThresholds
+    from mammography.analysis.run_analysis import AnalysisOptions, analyze_runs
+    from mammography.analysis.spurious import SpuriousThresholds
+    from mammography.data.dataset import default_cache_dir
+    from mammography.report.analysis_tables import write_analysis_report
+
+    options = AnalysisOptions(
+        method=args.method, layer=args.layer, analysis_size=args.analysis_size, batch_size=args.batch_size,
+        device=args.device, cache_dir=args.cache_dir or default_cache_dir(), roi_dir=args.roi_dir,
+        manifest=args.manifest, dense_source=args.dense_source, max_images=args.max_images,
+        spurious=SpuriousThresholds(outside_breast=args.outside_threshold, border=args.border_threshold,
+                                    marker_enrichment=args.marker_enrichment, max_flag_rate=args.max_flag_rate),
+        faithfulness=args.faithfulness, faithfulness_images=args.faithfulness_images,
+        faithfulness_steps=args.faithfulness_steps, faithfulness_baseline=args.faithfulness_baseline,
+        sanity=args.sanity, sanity_images=args.sanity_images, seed=args.seed, progress=args.progress,
+    )
+    thresholds = ConsistencyThresholds(min_rank_correlation=args.min_rank_correlation, min_top_iou=args.min_top_iou)
+    result = analyze_runs(args.runs, options, args.out, thresholds=thresholds, outputs_root=args.outputs_root)
+    write_analysis_report(result, figures=args.figures, colormap=args.colormap)
+    for label, analysis in zip(result.labels, result.analyses):
+        s = analysis.summary["spurious"] or {}
+        flag = f"flagged ({', '.join(s['reasons'])})" if s.get("flagged") else "not flagged"
+        print(f"seed {label}: {analysis.summary['n_images']} images, spurious attention {flag}")
+    if result.consistency is not None:
+        c = result.consistency.summary
+        print(f"consistency: {c['n_high_agreement']} of {c['n_images']} shared images high agreement")
+    for note in result.notes:
+        print(f"note: {note}")
+    for path in result.written:
+        print(f"wrote {path}")
+    return 0
+
+# <cmd:report-pack> (owned by the report-pack work; keep the anchor)
+
+
+@_register
+def _add_report_pack(sub):
+    p = _add_command(
+        sub, "report-pack",
+        help="regenerate the article's Grad-CAM figures, tables, LaTeX and Markdown from the checkpoints",
+        description=(
+            "Recompute every validation prediction and Grad-CAM map from each run's checkpoint (one\n"
+            "pass, in batches), check the predictions against val_predictions.csv, then write:\n"
+            "  ASSETS/density_gradcam_seed{SEED}.png         rows = classes 1-4, columns = examples\n"
+            "  ASSETS/density_gradcam_layers_seed{SEED}.png  rows = layers + fused, one image per class\n"
+            "  ASSETS/gradcam/seed{SEED}/*.png               per-sample overlays\n"
+            "  ASSETS/{CV_ID}/fold_{K}_gradcam.png           per fold of a --cv-run\n"
+            "  ASSETS/report_manifest.json                   SHA-256 of every output, runs, parameters\n"
+            "  --tex (seed table, figures) and the marked block of --markdown.\n"
+            "All files are written together at the end, or none. Run directories are only read.\n"
+            "A disagreement between a checkpoint and its CSV is reported (count and images); with\n"
+            "--strict it stops the command before anything is written (exit status 2)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  mammography report-pack -- --run results_4 --assets-dir Article/assets\n"
+            "  mammography report-pack --run 'outputs/mammo_efficientnetb0_density/results*' \\\n"
+            "      --cv-run results_k3_seed42 --per-class 4 --select confident --strict"
+        ),
+    )
+    src = p.add_argument_group("runs")
+    src.add_argument("--run", dest="runs", action="extend", nargs="+", default=[], metavar="PATH",
+                     help="run directory, name under the outputs folder or glob; repeatable "
+                          "(e.g. --run results_4 --run 'results_*')")
+    src.add_argument("--cv-run", dest="cv_runs", action="extend", nargs="+", default=[], metavar="PATH",
+                     help="cross-validation root, e.g. --cv-run results_k3_seed42; repeatable")
+    src.add_argument("--outputs-root", type=_path, default=Path("outputs"), metavar="DIR",
+                     help="where relative run names are looked up (DIR/mammo_efficientnetb0_density/NAME, "
+                          "DIR/density_experiments/NAME, DIR/NAME); e.g. --outputs-root /data/outputs")
+    out = p.add_argument_group("outputs")
+    out.add_argument("--assets-dir", type=_path, default=Path("Article/assets"), metavar="DIR",
+                     help="folder of the figures and report_manifest.json (e.g. --assets-dir Article/assets)")
+    out.add_argument("--tex", type=_path, default=Path("Article/sections/density_model.tex"), metavar="FILE",
+                     help="LaTeX section to (re)write, \\input from the article "
+                          "(e.g. --tex Paper/sections/density_model.tex)")
+    out.add_argument("--markdown", type=_path, default=Path("Article/02-density.md"), metavar="FILE",
+                     help="Markdown file whose block between <!-- mammography:report-pack:begin/end --> is "
+                          "replaced (created if absent; text outside the markers is kept); e.g. --markdown README.md")
+    out.add_argument("--article-dir", type=_path, metavar="DIR",
+                     help="folder the article is compiled from; figure paths in the .tex are relative to it "
+                          "(default: the folder above sections/; e.g. --article-dir Paper)")
+    fig = p.add_argument_group("figures")
+    fig.add_argument("--per-class", type=int, default=4, metavar="N",
+                     help="examples per density class (e.g. --per-class 3); a class with fewer uses what it has")
+    fig.add_argument("--select", choices=("confident", "typical", "errors", "random"), default="confident",
+                     help="which validation images: confident = most confident correct predictions, then the "
+                          "rest by confidence; typical = closest to the class median; errors = misclassified "
+                          "first; random = seeded by the run's seed (e.g. --select errors)")
+    fig.add_argument("--method", default="gradcam",
+                     help="CAM method: gradcam, gradcam++, hirescam, xgradcam or layercam (e.g. --method layercam)")
+    fig.add_argument("--layers", nargs="+", default=["features.4", "features.6", "features.8"], metavar="LAYER",
+                     help="layers of the layer-wise figure; the class figures use the last one "
+                          "(e.g. --layers features.6 features.8, or --layers stages)")
+    fig.add_argument("--fuse", choices=("mean", "layercam"), default="mean",
+                     help="how the layer-wise figure fuses the layers: mean of the normalised maps, or "
+                          "LayerCAM's tanh-scaled maximum (e.g. --fuse layercam)")
+    fig.add_argument("--colormap", default="jet",
+                     help="matplotlib colour map of the heatmaps (e.g. --colormap turbo)")
+    fig.add_argument("--alpha", type=float, default=0.4,
+                     help="heatmap opacity over the mammogram, 0-1 (e.g. --alpha 0.5)")
+    run = p.add_argument_group("computation")
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda (e.g. --device cpu)")
+    run.add_argument("--batch-size", type=int, default=8, metavar="N",
+                     help="images per Grad-CAM batch (e.g. --batch-size 32 on a GPU)")
+    run.add_argument("--strict", action="store_true",
+                     help="stop without writing anything (exit status 2) when a checkpoint's recomputed "
+                          "predictions disagree with its val_predictions.csv (e.g. before submitting)")
+    run.add_argument("--cache-dir", type=_path, metavar="DIR",
+                     help="decoded-image cache (default: $MAMMOGRAPHY_CACHE or ~/.cache/mammography); "
+                          "e.g. --cache-dir /scratch/mammo-cache")
+    run.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bars (e.g. in CI logs)")
+    p.set_defaults(handler=_run_report_pack)
+
+
+def _run_report_pack(args) -> int:
+    import dataclasses
+
+    from mammography.report.pack import ReportOptions, command_line, report_pack
+
+    layers = tuple(name for item in args.layers for name in item.split(",") if name)
+    options = ReportOptions(
+        assets_dir=args.assets_dir, tex=args.tex, markdown=args.markdown, article_dir=args.article_dir,
+        per_class=args.per_class, select=args.select, method=args.method, layers=layers, fuse=args.fuse,
+        colormap=args.colormap, alpha=args.alpha, device=args.device, batch_size=args.batch_size,
+        strict=args.strict, cache_dir=args.cache_dir, progress=args.progress,
+    )
+    options = dataclasses.replace(options, command=command_line(args.runs, args.cv_runs, options))
+    result = report_pack(args.runs, args.cv_runs, options, outputs_root=args.outputs_root)
+    for check in result.checks:
+        print(check.message())
+    overlays = [p for p in result.written if p.suffix == ".png" and "gradcam" in p.parent.parts[-2:-1]]
+    for path in result.written:
+        if path.suffix == ".png" and path not in overlays:
+            print(f"wrote {path}")
+    if overlays:
+        print(f"wrote {len(overlays)} per-sample overlays under {overlays[0].parent.parent}")
+    print(f"wrote {result.tex}")
+    print(f"wrote {result.markdown}")
+    print(f"wrote {result.manifest}")
+    return 0
+
+# <cmd:explore> (owned by the explore work; keep the anchor)
+
+
+@_register
+def _add_explore(sub):
+    p = _add_command(
+        sub, "explore",
+        help="write an interactive Grad-CAM explorer over every validation image (static site)",
+        description=(
+            "Compute Grad-CAM for every validation image of every run (each layer of --layers plus\n"
+            "their fusion, explaining the class each run predicted), the spurious-attention score and\n"
+            "the cross-seed agreement, and write a self-contained static site to OUT:\n"
+            "  OUT/index.html   open it in a browser (works from the file system, no server needed)\n"
+            "A table lists every image with its true class, each run's prediction and confidence,\n"
+            "seed agreement and spurious attention, with filters, sorting and counts; an image view\n"
+            "shows the runs' heatmaps side by side (opacity, colour map and layer switches, expert\n"
+            "ROI outline). The URL keeps the filters and the open image, so a link can be shared.\n"
+            "Nothing is loaded from the network. OUT is replaced whole (only if it is empty or an\n"
+            "earlier explorer site). --serve also serves it on 127.0.0.1 (Ctrl-C stops); --serve\n"
+            "without --run serves an existing site."
+        ),
+        epilog=(
+            "examples:\n"
+            "  mammography explore --run results results_1 results_2 --out explorer\n"
+            "  mammography explore --run 'outputs/mammo_efficientnetb0_density/results*' --out explorer --serve\n"
+            "  mammography explore --out explorer --serve --port 8080"
+        ),
+    )
+    p.add_argument("--run", dest="runs", action="extend", nargs="+", default=[], metavar="PATH",
+                   help="run directory, name under the outputs folder, glob or cross-validation root; "
+                        "repeatable (e.g. --run results_4 --run 'results_*')")
+    p.add_argument("--out", type=_path, required=True, metavar="DIR",
+                   help="site folder (e.g. --out explorer); open DIR/index.html")
+    p.add_argument("--outputs-root", type=_path, default=Path("outputs"), metavar="DIR",
+                   help="where relative run names are looked up")
+    p.add_argument("--serve", action="store_true", help="serve the site on 127.0.0.1 after writing it")
+    p.add_argument("--port", type=int, default=8000, help="port for --serve (0 = any free port)")
+    p.add_argument("--layers", nargs="+", default=["features.4", "features.6", "features.8"], metavar="LAYER",
+                   help="CAM layers, shallow to deep; the last is the final block, shown first and used "
+                        "for the attention numbers (e.g. --layers features.6 features.8, or --layers stages)")
+    p.add_argument("--method", default="gradcam",
+                   help="CAM method: gradcam, gradcam++, hirescam, xgradcam or layercam")
+    p.add_argument("--title", help="page title (default names the runs)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per Grad-CAM batch")
+    p.add_argument("--cache-dir", type=_path, metavar="DIR",
+                   help="decoded-image cache; unset: $MAMMOGRAPHY_CACHE or ~/.cache/mammography")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(handler=_run_explore)
+
+
+def _run_explore(args) -> int:
+    from mammography.errors import ConfigError
+    from mammography.web.data import build_explorer
+    from mammography.web.serve import serve
+
+    if not args.runs and not args.serve:
+        raise ConfigError("give at least one --run to build the explorer (or --serve to serve an existing site)")
+    if args.runs:
+        from mammography.data.dataset import default_cache_dir
+
+        summary = build_explorer(
+            args.runs, args.out, layers=args.layers, method=args.method, device=args.device,
+            batch_size=args.batch_size, cache_dir=args.cache_dir or default_cache_dir(),
+            outputs_root=args.outputs_root, title=args.title, progress=args.progress,
+        )
+        print(f"wrote {summary.path} ({summary.n_images} images, {summary.n_files} files, "
+              f"{summary.bytes / 1e6:.1f} MB)")
+        print(f"open {summary.index.resolve().as_uri()}")
+    if args.serve:
+        try:
+            serve(args.out, port=args.port)
+        except KeyboardInterrupt:
+            print("stopped serving")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mammography",
+        description=(
+            "Show and measure where a BI-RADS breast-density classifier looks: "
+            "train EfficientNet-B0 density models, compute Grad-CAM over whole "
+            "validation sets and write publication figures, tables and an explorer."
+        ),
+        epilog="Run 'mammography COMMAND --help' for the flags of one command.",
+        # wide enough that every command's one-line description sits beside its name
+        formatter_class=lambda prog: _Formatter(prog, max_help_position=32),
+    )
+    parser.add_argument("--version", action="version", version=f"mammography {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _strip_lone_dashdash(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+    )
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(args.handler(args) or 0)
+    except MammographyError as exc:
+        print(f"mammography {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"mammography {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _path(value: str) -> Path:
+    return Path(value).expanduser()

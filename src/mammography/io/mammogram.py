@@ -1,0 +1,217 @@
+"""The :class:`Mammogram` record and :func:`read_mammogram`, the one reader.
+
+Every reader in :mod:`mammography.io` returns a :class:`Mammogram`: float32
+pixels in [0, 1] with dense tissue bright, plus the acquisition facts later
+layers need (pixel spacing, laterality, view). :func:`read_mammogram` looks at
+a file's first bytes (not only its name) to pick the DICOM or raster reader.
+
+This module also holds the checks and the intensity rule that both readers
+share: the image-size limits and the robust-percentile window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mammography.errors import ImageReadError
+
+__all__ = [
+    "Mammogram",
+    "read_mammogram",
+    "sniff_format",
+    "check_dimensions",
+    "window_percentiles",
+    "MIN_SIDE",
+    "MAX_SIDE",
+    "MAX_PIXELS",
+    "PERCENTILES",
+]
+
+#: Smallest accepted image side in pixels; anything smaller is a thumbnail,
+#: an icon or a corrupt header, never a mammogram.
+MIN_SIDE = 16
+#: Largest accepted image side; full-field detectors are about 4000 x 3300.
+MAX_SIDE = 20_000
+#: Largest accepted pixel count (the float32 image alone takes 1.6 GB here).
+MAX_PIXELS = 400_000_000
+#: Robust percentiles (low, high) used when a file carries no display window.
+PERCENTILES = (0.5, 99.5)
+#: Percentiles are estimated on at most about this many pixels (a regular
+#: subsample); at full-field size this keeps the estimate under ~20 ms.
+_PERCENTILE_SAMPLES = 1_000_000
+
+_DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
+
+
+@dataclass
+class Mammogram:
+    """A mammogram ready for display and model input.
+
+    Attributes
+    ----------
+    pixels : np.ndarray
+        float32 (H, W) in [0, 1]; dense tissue is bright whatever the file's
+        photometric interpretation.
+    original_shape : tuple of int
+        (H, W) of the stored image (equal to ``pixels.shape``).
+    pixel_spacing : tuple of float or None
+        (row, column) spacing in mm from DICOM PixelSpacing, else
+        ImagerPixelSpacing; None when unknown (always for rasters).
+    laterality : {'L', 'R'} or None
+        DICOM ImageLaterality, else Laterality; None when absent or another
+        value ('B', 'U'); always None for rasters.
+    view : {'CC', 'MLO'} or None
+        DICOM ViewPosition; None when absent, another view, or a raster.
+    photometric_interpretation : str
+        As stored: 'MONOCHROME1' (inverted on reading), 'MONOCHROME2', or for
+        rasters 'MONOCHROME2' / 'MONOCHROME1' (TIFF min-is-white) / 'RGB'
+        (converted to luminance).
+    path : Path
+        The file that was read.
+    intensity_rule : str
+        How stored values became [0, 1]: 'voi_lut' (DICOM VOI LUT Sequence),
+        'window' (Window Center/Width), 'percentiles' (robust 0.5/99.5
+        percentiles), 'bit_depth' (raster divided by its bit-depth maximum)
+        or 'range' (float raster scaled by its own min/max, or kept when
+        already in [0, 1]).
+    """
+
+    pixels: np.ndarray
+    original_shape: tuple[int, int]
+    pixel_spacing: tuple[float, float] | None
+    laterality: str | None
+    view: str | None
+    photometric_interpretation: str
+    path: Path
+    intensity_rule: str = ""
+
+
+def read_mammogram(path: str | Path) -> Mammogram:
+    """Read a DICOM, PNG, JPEG or TIFF mammogram.
+
+    Parameters
+    ----------
+    path : str or Path
+        The image file. The format is recognised from the file's first bytes
+        (DICOM 'DICM' preamble or a bare DICOM data set, PNG, JPEG and TIFF
+        signatures), so names without an extension work; a file whose
+        content is not recognised but whose name ends in .dcm/.dicom is read
+        as DICOM so that the DICOM reader can say what is wrong with it.
+
+    Returns
+    -------
+    Mammogram
+
+    Raises
+    ------
+    ImageReadError
+        The file is missing, not an image of a supported kind, or not a
+        readable single-frame grayscale mammogram; the message names the
+        file and what to do.
+    """
+    # Imported here because both readers import Mammogram from this module.
+    from mammography.io.dicom import read_dicom
+    from mammography.io.raster import read_raster
+
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: file not found; check the path (and --dicom-root for manifests)")
+    if not path.is_file():
+        raise ImageReadError(f"{path}: is not a file; give the path of an image file")
+    fmt = sniff_format(path)
+    if fmt == "dicom":
+        return read_dicom(path)
+    if fmt in ("png", "jpeg", "tiff"):
+        return read_raster(path, fmt)
+    raise ImageReadError(
+        f"{path}: not a DICOM, PNG, JPEG or TIFF file (unrecognised content); "
+        "convert it to one of these formats"
+    )
+
+
+def sniff_format(path: str | Path) -> str | None:
+    """Recognise an image file from its first bytes.
+
+    Returns
+    -------
+    'dicom', 'png', 'jpeg', 'tiff' or None.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot be opened ({exc.strerror or exc}); check its permissions") from exc
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if looks_like_bare_dicom(head) or path.suffix.lower() in _DICOM_SUFFIXES:
+        return "dicom"
+    return None
+
+
+def looks_like_bare_dicom(head: bytes) -> bool:
+    """True when ``head`` starts like a DICOM data set written without preamble.
+
+    Old archives hold data sets without the 128-byte preamble and 'DICM'
+    marker. Such a file starts with a little-endian tag of group 0x0002 (file
+    meta) or 0x0008 (identifying module) with a small element number.
+    """
+    if len(head) < 8:
+        return False
+    group = int.from_bytes(head[0:2], "little")
+    element = int.from_bytes(head[2:4], "little")
+    return group in (0x0002, 0x0008) and element < 0x0100
+
+
+def check_dimensions(path: Path, rows: int, cols: int) -> None:
+    """Refuse image sizes no mammogram has, before any pixel is decoded.
+
+    Raises
+    ------
+    ImageReadError
+        When a side is below :data:`MIN_SIDE` or above :data:`MAX_SIDE`, or
+        the pixel count exceeds :data:`MAX_PIXELS`.
+    """
+    if not (MIN_SIDE <= rows <= MAX_SIDE and MIN_SIDE <= cols <= MAX_SIDE) or rows * cols > MAX_PIXELS:
+        raise ImageReadError(
+            f"{path}: implausible image size {rows} x {cols} pixels (accepted: sides "
+            f"{MIN_SIDE}..{MAX_SIDE}, at most {MAX_PIXELS // 1_000_000} megapixels); "
+            "the header is corrupt or this is not a mammogram"
+        )
+
+
+def window_percentiles(values: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
+    """Map values to [0, 1] between two robust percentiles.
+
+    Used when a file says nothing about display (no VOI LUT, no window, or
+    raw detector values in a raster). The low/high percentiles (default
+    0.5/99.5) ignore a few extreme pixels (dead pixels, burned-in labels).
+
+    Parameters
+    ----------
+    values : np.ndarray
+        2-D array of any real dtype.
+    percentiles : (low, high)
+        Percentiles in 0..100.
+
+    Returns
+    -------
+    float32 array of the same shape in [0, 1]; all zeros for a constant image.
+    """
+    step = max(1, int(np.ceil(np.sqrt(values.size / _PERCENTILE_SAMPLES))))
+    sample = values[::step, ::step] if values.ndim == 2 else values.reshape(-1)[::step * step]
+    lo, hi = np.percentile(sample, percentiles)
+    out = np.asarray(values, dtype=np.float32)
+    if not hi > lo:
+        return np.zeros(values.shape, dtype=np.float32)
+    out = (out - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)

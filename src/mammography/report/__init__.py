@@ -1,0 +1,51 @@
+"""Publication outputs: Grad-CAM overlays, figure grids, LaTeX, Markdown and ``report-pack``.
+
+Modules (lower ones know nothing of the upper ones)::
+
+    files      atomic writes, SHA-256, all-or-nothing FileBatch
+    overlay    colour a heatmap, blend it on a mammogram, undo the model-space fit
+    figures    class-grid and layer-wise figures (300 dpi, one column wide)
+    tables     metric tables with mean ± sd
+    content    the report as data (figures, captions, tables)
+    latex      sections/density_model.tex (Jinja2 template)
+    markdown   the block between marker comments in a Markdown file
+    pack       report_pack(): runs -> everything above, plus report_manifest.json
+
+Entry point::
+
+    from mammography.report import ReportOptions, report_pack
+    result = report_pack(["results_4"], options=ReportOptions(assets_dir="Article/assets"))
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "report_pack": "mammography.report.pack",
+    "ReportOptions": "mammography.report.pack",
+    "ReportResult": "mammography.report.pack",
+    "PredictionCheck": "mammography.report.pack",
+    "evaluate_run": "mammography.report.pack",
+    "MANIFEST_NAME": "mammography.report.pack",
+    "DisplayTile": "mammography.report.overlay",
+    "blend": "mammography.report.overlay",
+    "colorize": "mammography.report.overlay",
+    "GridRow": "mammography.report.figures",
+    "FigureLayout": "mammography.report.figures",
+    "class_grid_figure": "mammography.report.figures",
+    "layer_grid_figure": "mammography.report.figures",
+    "figure_png_bytes": "mammography.report.figures",
+    "replace_marked_block": "mammography.report.markdown",
+    "FileBatch": "mammography.report.files",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mammography.report' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,378 @@
+"""Tables of the attention analyses, as LaTeX and Markdown from one set of rows.
+
+:func:`analysis_tables` turns run analyses (and a cross-seed comparison) into
+:class:`AnalysisTable` records; :func:`render_analysis_tables` renders them
+with the Jinja2 templates ``templates/analysis_tables.tex.j2`` and
+``templates/analysis_tables.md.j2``, so the article and the Markdown always
+show the same numbers. Tables:
+
+* ``consistency`` - cross-seed agreement (when two or more runs share images);
+* ``spurious`` - share of heatmap mass outside the breast, in the border band
+  and on markers, per run, with the uniform-map level and the flag;
+* ``localisation`` - IoU, Dice, pointing game and energy pointing against
+  the expert regions, per run and class (when ROIs exist);
+* ``patterns`` - dense-tissue attention and attended breast share per class,
+  with the widening verdict;
+* ``faithfulness`` - deletion/insertion AUCs against a random order and the
+  randomisation check (when computed).
+
+Means are followed by their 95 % bootstrap confidence interval in brackets.
+The LaTeX fragment needs no package beyond what the density section already
+uses; ``\\input`` it or paste it into a section.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import jinja2
+
+from mammography.analysis.run_analysis import ConsistencyResult, RunAnalysis, run_labels
+from mammography.report.latex import latex_environment, tex_escape
+from mammography.report.markdown import md_escape
+
+__all__ = [
+    "AnalysisTable",
+    "AnalysisText",
+    "TABLE_FILES",
+    "analysis_tables",
+    "render_analysis_tables",
+    "write_analysis_report",
+]
+
+_DASH = "\u2014"
+
+
+@dataclass(frozen=True)
+class AnalysisTable:
+    """One table: plain-text (Unicode) cells, escaped by each renderer.
+
+    Attributes
+    ----------
+    key : ``consistency``, ``spurious``, ``localisation``, ``patterns`` or ``faithfulness``.
+    label : LaTeX label (``tab:attention-<key>``).
+    caption : caption text.
+    headers : column headers, the first one heads the row labels.
+    rows : rows of cells (first cell = row label).
+    notes : sentences printed under the table.
+    """
+
+    key: str
+    label: str
+    caption: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class AnalysisText:
+    """Rendered tables: a LaTeX fragment, a Markdown fragment and the records."""
+
+    latex: str
+    markdown: str
+    tables: tuple[AnalysisTable, ...]
+
+
+def _num(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return _DASH
+    return f"{float(value):.{digits}f}"
+
+
+def _ci(d: dict | None, digits: int = 2) -> str:
+    """``"0.41 [0.38, 0.44]"`` from a ``{mean, low, high}`` dict."""
+    if not d or d.get("mean") is None or not math.isfinite(float(d["mean"])):
+        return _DASH
+    if d.get("low") is None or d["low"] == d["high"]:
+        return _num(d["mean"], digits)
+    return f"{_num(d['mean'], digits)} [{_num(d['low'], digits)}, {_num(d['high'], digits)}]"
+
+
+def _pct(value) -> str:
+    return _DASH if value is None or not math.isfinite(float(value)) else f"{100 * float(value):.0f} %"
+
+
+def _consistency_table(result: ConsistencyResult) -> AnalysisTable:
+    s = result.summary
+    th = s["thresholds"]
+    n = s["n_images"]
+    reasons = s["reasons"]
+    rows = (
+        ("Shared validation images", str(n)),
+        ("Same predicted class (all seeds)", _pct(s["prediction_agreement_rate"])),
+        ("Rank correlation of maps (Spearman \u03c1)", _ci(s["mean_rank_correlation"])),
+        (f"IoU of top-{100 * th['top_fraction']:.0f} % regions", _ci(s["mean_top_iou"])),
+        ("High agreement", f"{s['n_high_agreement']} ({_pct(s['high_agreement_rate'])})"),
+        ("Review: predictions differ", str(reasons.get("predictions differ", 0))),
+        ("Review: attention in different regions", str(reasons.get("attention in different regions", 0))),
+        ("Review: attention on an artefact", str(reasons.get("attention on an artefact", 0))),
+    )
+    return AnalysisTable(
+        key="consistency",
+        label="tab:attention-consistency",
+        caption=(
+            f"Cross-seed consistency of Grad-CAM over the validation images shared by seeds "
+            f"{', '.join(result.labels)}. Similarities are means over images of the mean over seed pairs, "
+            f"inside the breast; an image is high agreement when all seeds predict the same class, every pair "
+            f"has \u03c1 \u2265 {th['min_rank_correlation']:.2f} and IoU \u2265 {th['min_top_iou']:.2f}, and "
+            f"no seed attends to a marker or the image border."
+        ),
+        headers=("Measure", "Value"),
+        rows=rows,
+    )
+
+
+def _spurious_table(analyses, labels) -> AnalysisTable:
+    rows = []
+    for label, a in zip(labels, analyses):
+        s = a.summary.get("spurious")
+        if not s:
+            continue
+        cells = [label]
+        for kind in ("outside_breast", "border", "marker"):
+            cells.append(f"{_ci(s[kind])} ({_num(s[kind]['area'])})")
+        cells.append(_pct(s["image_flag_rate"]))
+        cells.append("yes: " + ", ".join(r.replace("_", " ") for r in s["reasons"]) if s["flagged"] else "no")
+        rows.append(tuple(cells))
+    th = analyses[0].summary["spurious"]["thresholds"] if analyses and analyses[0].summary.get("spurious") else {}
+    return AnalysisTable(
+        key="spurious",
+        label="tab:attention-spurious",
+        caption=(
+            "Share of Grad-CAM mass outside the breast, in the border band (3 % of each image side) and on "
+            "burned-in markers found in the image, mean over validation images [95 % CI]; in parentheses the "
+            "share a uniform map would get. An image is flagged when more than "
+            f"{_pct(th.get('outside_breast'))} of its mass lies outside the breast, more than "
+            f"{_pct(th.get('border'))} in the border band, or its share on markers exceeds "
+            f"{_num(th.get('marker_enrichment'), 1)} times their area; a run is flagged when more than "
+            f"{_pct(th.get('max_flag_rate'))} of its images are flagged for one kind or its mean exceeds the threshold."
+        ),
+        headers=("Seed", "Outside breast", "Border band", "Markers", "Images flagged", "Run flagged"),
+        rows=tuple(rows),
+    )
+
+
+def _group_label(label: str, group: str, many: bool) -> str:
+    g = "all classes" if group == "all" else f"class {group}"
+    return f"{label} \u00b7 {g}" if many else g
+
+
+def _localisation_table(analyses, labels) -> AnalysisTable | None:
+    rows = []
+    many = sum(a.localisation is not None for a in analyses) > 1
+    for label, a in zip(labels, analyses):
+        if a.localisation is None:
+            continue
+        for rec in a.localisation.to_dict(orient="records"):
+            cells = [_group_label(label, str(rec["group"]), many), str(int(rec["n_images"]))]
+            for m in ("iou", "dice", "pointing_hit", "energy_pointing"):
+                cells.append(_ci({"mean": rec[f"{m}_mean"], "low": rec[f"{m}_low"], "high": rec[f"{m}_high"]}))
+            rows.append(tuple(cells))
+    if not rows:
+        return None
+    thr = analyses[0].options.attention_threshold
+    return AnalysisTable(
+        key="localisation",
+        label="tab:attention-localisation",
+        caption=(
+            f"Localisation of Grad-CAM against the expert regions of interest: IoU and Dice of the map "
+            f"thresholded at {thr:.1f} with the region, pointing game (share of images whose map maximum lies "
+            f"in the region) and energy pointing (share of the map's mass inside the region); mean [95 % CI]."
+        ),
+        headers=("Images", "n", "IoU", "Dice", "Pointing game", "Energy pointing"),
+        rows=tuple(rows),
+    )
+
+
+def _patterns_table(analyses, labels) -> AnalysisTable | None:
+    rows, notes = [], []
+    many = len(analyses) > 1
+    for label, a in zip(labels, analyses):
+        p = a.summary.get("patterns")
+        if not p:
+            continue
+        for rec in p["by_class"]:
+            cells = [_group_label(label, str(rec["group"]), many), str(int(rec["n_images"]))]
+            for m in ("dense_mass_share", "dense_area_share", "dense_margin", "attended_breast_share"):
+                cells.append(_ci({"mean": rec[f"{m}_mean"], "low": rec[f"{m}_low"], "high": rec[f"{m}_high"]}))
+            rows.append(tuple(cells))
+        prefix = f"Seed {label}: " if many else ""
+        notes.append(prefix + p["trend"]["statement"])
+    if not rows:
+        return None
+    source = {a.summary.get("dense_source") for a in analyses}
+    how = (
+        "the phantoms' known dense-tissue masks"
+        if source == {"roi"}
+        else "dense tissue estimated as breast pixels above Otsu's threshold"
+        if source == {"estimate"}
+        else "known dense-tissue masks where available, else an intensity estimate"
+    )
+    return AnalysisTable(
+        key="patterns",
+        label="tab:attention-patterns",
+        caption=(
+            f"Attention and dense tissue per density class ({how}): share of the Grad-CAM mass inside the "
+            f"breast that falls on dense tissue, the dense share of the breast area (what a uniform map would "
+            f"give), their difference (margin), and the share of the breast attended above 0.5; mean [95 % CI]."
+        ),
+        headers=("Images", "n", "Mass on dense tissue", "Dense area", "Margin", "Breast attended"),
+        rows=tuple(rows),
+        notes=tuple(notes),
+    )
+
+
+def _faithfulness_table(analyses, labels) -> AnalysisTable | None:
+    rows = []
+    for label, a in zip(labels, analyses):
+        f = a.summary.get("faithfulness")
+        s = a.summary.get("sanity")
+        if not f and not s:
+            continue
+        cells = [label]
+        if f:
+            cells += [
+                f"{_ci(f['deletion_auc'])} vs {_num(f['random_deletion_auc']['mean'])}",
+                f"{_ci(f['insertion_auc'])} vs {_num(f['random_insertion_auc']['mean'])}",
+                f"{_pct(f['deletion_better_rate'])} / {_pct(f['insertion_better_rate'])}",
+            ]
+        else:
+            cells += [_DASH] * 3
+        if s:
+            stages = " \u2192 ".join(_num(st["mean_rank_correlation"]) for st in s["stages"])
+            cells += [stages, "passed" if s["passed"] else "failed"]
+        else:
+            cells += [_DASH, _DASH]
+        rows.append(tuple(cells))
+    if not rows:
+        return None
+    return AnalysisTable(
+        key="faithfulness",
+        label="tab:attention-faithfulness",
+        caption=(
+            "Faithfulness and sanity of Grad-CAM. Deletion: area under the class-probability curve as the "
+            "most-attended pixels are blacked out first (lower is better), insertion: as they are restored onto a "
+            "black image (higher is better), each against the same procedure in a random pixel order, and the "
+            "share of images where the map beats random order (deletion / insertion). Randomisation: mean "
+            "Spearman \u03c1 between the trained model's maps and the maps after re-initialising the head, then "
+            "each of the last blocks in turn; the check passes when the final \u03c1 is low."
+        ),
+        headers=("Seed", "Deletion AUC vs random", "Insertion AUC vs random", "Beats random",
+                 "Randomisation \u03c1", "Sanity"),
+        rows=tuple(rows),
+    )
+
+
+def analysis_tables(analyses: list[RunAnalysis], consistency: ConsistencyResult | None = None) -> tuple[AnalysisTable, ...]:
+    """The tables that have data, in report order (consistency, spurious, localisation, patterns, faithfulness)."""
+    analyses = list(analyses)
+    labels = consistency.labels if consistency is not None and len(consistency.analyses) == len(analyses) else (
+        run_labels(analyses) if len(analyses) > 1 else [str(a.seed if a.seed is not None else a.run_id) for a in analyses]
+    )
+    out = []
+    if consistency is not None:
+        out.append(_consistency_table(consistency))
+    if analyses:
+        out.append(_spurious_table(analyses, labels))
+    for build in (_localisation_table, _patterns_table, _faithfulness_table):
+        t = build(analyses, labels)
+        if t is not None:
+            out.append(t)
+    return tuple(out)
+
+
+#: characters the article's default (pdfLaTeX, no extra packages) cannot typeset as text
+_TEX_MATH = {"\u03c1": r"$\rho$", "\u2192": r"$\rightarrow$"}
+
+
+def _tex(text: object) -> str:
+    """:func:`~mammography.report.latex.tex_escape` plus the Greek and arrows used in these tables."""
+    out = tex_escape(text)
+    for ch, repl in _TEX_MATH.items():
+        out = out.replace(ch, repl)
+    return out
+
+
+@lru_cache(maxsize=1)
+def _latex_environment() -> jinja2.Environment:
+    env = latex_environment().overlay(cache_size=16)  # own template cache: our "tex" filter differs
+    env.filters = dict(env.filters, tex=_tex)
+    return env
+
+
+@lru_cache(maxsize=1)
+def _markdown_environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("mammography.report", "templates"),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["md"] = md_escape
+    return env
+
+
+def render_analysis_tables(analyses: list[RunAnalysis], consistency: ConsistencyResult | None = None) -> AnalysisText:
+    """LaTeX and Markdown fragments of :func:`analysis_tables`.
+
+    Returns
+    -------
+    AnalysisText with ``latex`` (tables with captions and ``\\label``s, for
+    ``\\input``), ``markdown`` (headed tables with captions and notes) and the
+    table records.
+    """
+    tables = analysis_tables(analyses, consistency)
+    latex = _latex_environment().get_template("analysis_tables.tex.j2").render(tables=tables)
+    markdown = _markdown_environment().get_template("analysis_tables.md.j2").render(tables=tables)
+    return AnalysisText(latex=latex, markdown=markdown, tables=tables)
+
+
+#: file names of the rendered tables written by :func:`write_analysis_report`
+TABLE_FILES = {"latex": "attention_tables.tex", "markdown": "attention_tables.md"}
+
+
+def write_analysis_report(
+    result,
+    *,
+    figures: bool = True,
+    n_consistency: int = 3,
+    n_spurious: int = 4,
+    colormap: str = "jet",
+    alpha: float = 0.4,
+) -> list:
+    """Write the figures and tables of an :class:`~mammography.analysis.run_analysis.AnalyzeResult`.
+
+    Into ``result.out_dir``: ``density_gradcam_consistency.png`` (two or
+    more runs sharing images), ``density_gradcam_spurious_seed{label}.png``
+    per run, ``attention_tables.tex`` and ``attention_tables.md``. Each file
+    is written atomically; the paths are returned and appended to
+    ``result.written``.
+    """
+    from mammography.report.consistency_figure import (
+        CONSISTENCY_FIGURE,
+        SPURIOUS_FIGURE,
+        render_consistency_figure,
+        render_spurious_figure,
+    )
+    from mammography.report.files import atomic_write_bytes, atomic_write_text
+
+    out = result.out_dir
+    written = []
+    if figures and result.consistency is not None:
+        png, _, _ = render_consistency_figure(result.consistency, n_consistency, colormap=colormap, alpha=alpha)
+        written.append(atomic_write_bytes(out / CONSISTENCY_FIGURE, png))
+    if figures:
+        for label, analysis in zip(result.labels, result.analyses):
+            if len(analysis.table):
+                png, _, _ = render_spurious_figure(analysis, n_spurious, colormap=colormap, alpha=alpha)
+                written.append(atomic_write_bytes(out / SPURIOUS_FIGURE.format(label=label), png))
+    text = render_analysis_tables(result.analyses, result.consistency)
+    written.append(atomic_write_text(out / TABLE_FILES["latex"], text.latex))
+    written.append(atomic_write_text(out / TABLE_FILES["markdown"], text.markdown))
+    result.written.extend(written)
+    return written

@@ -1,0 +1,902 @@
+"""``report-pack``: regenerate every article figure and table from the current checkpoints.
+
+For every run (and every fold of a cross-validation run) :func:`report_pack`
+
+1. loads the run (:func:`mammography.runs.load_run`), its model and its
+   validation images;
+2. runs the CAM engine once over all validation images in batches: the same
+   pass gives the Grad-CAM maps and the model's probabilities, so checking
+   the predictions costs nothing extra;
+3. compares the recomputed predictions with ``val_predictions.csv``: an image
+   *disagrees* when any class probability differs by more than
+   ``prob_tolerance`` or the stored prediction is beaten by more than
+   ``prob_tolerance`` (a near-tie flipping under a different precision is not
+   a disagreement). With ``strict`` any disagreement stops the pack before
+   anything is written;
+4. selects samples per true class from the *recomputed* predictions
+   (:func:`mammography.analysis.selection.select_per_class`) and draws the
+   class-grid figure, the per-sample overlays and the layer-wise figure. Tiles
+   show the original image (decoded again, downsampled to at most 1024 px,
+   in its own orientation) with the heatmap mapped back through the image's
+   ``Geometry``, so the whole breast is shown, unflipped and not squashed;
+5. recomputes the metrics from the recomputed predictions (the table can then
+   never show numbers of a model that no longer exists).
+
+Then it renders the LaTeX section and the Markdown block, writes
+``report_manifest.json`` (every output with its SHA-256, the source run,
+checkpoint hash, seed, git commit, tool version and parameters) and commits
+all files at once (:class:`~mammography.report.files.FileBatch`). Figures the
+previous pack in the same assets folder listed in its manifest but this pack
+no longer makes (a dropped run, fewer examples) are removed. Input run
+directories are only read.
+
+Outputs (``assets`` = ``assets_dir``)::
+
+    assets/density_gradcam_seed{SEED}.png           class grid per seed run
+    assets/density_gradcam_layers_seed{SEED}.png    layer-wise figure per seed run
+    assets/gradcam/seed{SEED}/class{L}_{R}_{stem}.png   per-sample overlays
+    assets/{CV_ID}/fold_{K}_gradcam.png             class grid per fold
+    assets/report_manifest.json
+    <tex>                                           LaTeX section
+    <markdown>                                      block between markers replaced
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mammography import __version__
+from mammography.analysis.selection import ClassSelection, describe_strategy, select_per_class
+from mammography.errors import ConfigError, RunError
+from mammography.report.content import CVEntry, FigureRef, ReportContent, SeedEntry
+from mammography.report.figures import COLUMN_WIDTH_IN, FigureLayout, GridRow, class_grid_figure, figure_png_bytes
+from mammography.report.figures import layer_grid_figure
+from mammography.report.files import FileBatch
+from mammography.report.latex import default_article_dir, render_latex
+from mammography.report.markdown import render_markdown_block, update_markdown
+from mammography.report.overlay import DisplayTile, blend, get_colormap, png_bytes
+from mammography.report.tables import metric_table
+
+__all__ = [
+    "DEFAULT_ASSETS_DIR",
+    "DEFAULT_TEX",
+    "DEFAULT_MARKDOWN",
+    "DEFAULT_LAYERS",
+    "MANIFEST_NAME",
+    "ReportOptions",
+    "PredictionCheck",
+    "EvaluatedRun",
+    "DisplayImages",
+    "ReportResult",
+    "command_line",
+    "evaluate_run",
+    "report_pack",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ASSETS_DIR = Path("Article/assets")
+DEFAULT_TEX = Path("Article/sections/density_model.tex")
+DEFAULT_MARKDOWN = Path("Article/02-density.md")
+#: rows of the layer-wise figure; the class-grid figures use the last one
+DEFAULT_LAYERS: tuple[str, ...] = ("features.4", "features.6", "features.8")
+MANIFEST_NAME = "report_manifest.json"
+CLASSES: tuple[int, ...] = (1, 2, 3, 4)
+METHOD_LABELS = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGrad-CAM",
+    "layercam": "LayerCAM",
+}
+#: how many disagreeing image paths are printed / listed in the manifest
+SHOW_DISAGREEING = 5
+LIST_DISAGREEING = 50
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Parameters of a report pack (the CLI flags, one field each).
+
+    Attributes
+    ----------
+    assets_dir : folder of the figures and ``report_manifest.json``.
+    tex : the generated LaTeX section (overwritten).
+    markdown : Markdown file whose marked block is replaced (created if absent).
+    article_dir : folder the LaTeX article is compiled from; figure paths in
+        the .tex are relative to it. ``None``: the parent of ``sections/``
+        when the .tex lives there, else the .tex file's folder.
+    per_class : examples per density class in the class-grid figures.
+    select : sample selection (``confident``, ``typical``, ``errors``, ``random``).
+    method : CAM method (``gradcam``, ``gradcam++``, ``hirescam``, ``xgradcam``, ``layercam``).
+    layers : target layers of the layer-wise figure; the class grids use the
+        last one. ``("stages",)`` means features.0 .. features.8.
+    fuse : how the layer-wise figure's fused row combines layers (``mean`` or ``layercam``).
+    colormap : matplotlib colour map of the heatmaps.
+    alpha : heatmap weight in the overlay, 0..1.
+    device : ``auto``, ``cpu`` or ``cuda``.
+    batch_size : images per CAM batch.
+    strict : stop without writing anything when a checkpoint's predictions
+        disagree with its ``val_predictions.csv``.
+    prob_tolerance : largest probability difference still counted as agreement.
+    cache_dir : decoded-image cache (``None``: the default cache folder).
+    progress : show progress bars.
+    command : the command line recorded in the outputs; ``None``: the
+        canonical one (:func:`command_line`).
+    """
+
+    assets_dir: Path = DEFAULT_ASSETS_DIR
+    tex: Path = DEFAULT_TEX
+    markdown: Path = DEFAULT_MARKDOWN
+    article_dir: Path | None = None
+    per_class: int = 4
+    select: str = "confident"
+    method: str = "gradcam"
+    layers: tuple[str, ...] = DEFAULT_LAYERS
+    fuse: str = "mean"
+    colormap: str = "jet"
+    alpha: float = 0.4
+    device: str = "auto"
+    batch_size: int = 8
+    strict: bool = False
+    prob_tolerance: float = 0.05
+    cache_dir: Path | None = None
+    progress: bool = True
+    command: str | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for values that cannot work (before any model is loaded)."""
+        from mammography.analysis.selection import STRATEGIES
+        from mammography.cam import FUSE_METHODS
+
+        if self.per_class < 1:
+            raise ConfigError(f"--per-class must be at least 1, got {self.per_class}")
+        if self.select not in STRATEGIES:
+            raise ConfigError(f"--select must be one of {', '.join(STRATEGIES)}, got {self.select!r}")
+        canonical_method(self.method)  # raises ConfigError for an unknown method
+        if self.fuse not in FUSE_METHODS:
+            raise ConfigError(f"fusion must be one of {', '.join(FUSE_METHODS)}, got {self.fuse!r}")
+        if not self.layers:
+            raise ConfigError("--layers needs at least one layer name (e.g. features.8)")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"--alpha must be between 0 and 1, got {self.alpha}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.prob_tolerance >= 0:
+            raise ConfigError(f"the probability tolerance must be >= 0, got {self.prob_tolerance}")
+        get_colormap(self.colormap)
+
+    def parameters(self) -> dict:
+        """JSON-ready parameters for the manifest."""
+        return {
+            "per_class": self.per_class,
+            "select": self.select,
+            "method": canonical_method(self.method),
+            "layers": list(self.layers),
+            "fuse": self.fuse,
+            "colormap": self.colormap,
+            "alpha": self.alpha,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "strict": self.strict,
+            "prob_tolerance": self.prob_tolerance,
+            "targets": "predicted class",
+        }
+
+
+def canonical_method(method: str) -> str:
+    """The CAM engine's name for ``method`` (aliases such as ``grad-cam`` resolved); ConfigError if unknown."""
+    from mammography.cam import create_cam
+
+    # the engine owns the names and aliases: ask it, on a one-layer probe model
+    probe = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1))
+    return create_cam(method, probe, layers="0").name
+
+
+@dataclass(frozen=True)
+class PredictionCheck:
+    """Recomputed predictions compared with a run's ``val_predictions.csv``.
+
+    Attributes
+    ----------
+    run_id : the run.
+    n_images : validation images checked.
+    disagreeing : image paths that disagree, in CSV order.
+    max_prob_diff : largest absolute probability difference over all images and classes.
+    """
+
+    run_id: str
+    n_images: int
+    disagreeing: tuple[str, ...]
+    max_prob_diff: float
+
+    @property
+    def n_disagree(self) -> int:
+        return len(self.disagreeing)
+
+    def message(self) -> str:
+        """One line: ``"results_4: 3 of 120 validation images disagree ...: a.dcm, b.dcm, ..."``."""
+        if not self.disagreeing:
+            return f"{self.run_id}: all {self.n_images} recomputed predictions agree with val_predictions.csv"
+        shown = ", ".join(self.disagreeing[:SHOW_DISAGREEING])
+        more = f" and {self.n_disagree - SHOW_DISAGREEING} more" if self.n_disagree > SHOW_DISAGREEING else ""
+        return (
+            f"{self.run_id}: {self.n_disagree} of {self.n_images} validation images disagree with "
+            f"val_predictions.csv (max probability difference {self.max_prob_diff:.3f}); the checkpoint and "
+            f"the CSV may not belong together: {shown}{more}"
+        )
+
+
+@dataclass(eq=False)
+class EvaluatedRun:
+    """A run with its recomputed predictions and Grad-CAM maps.
+
+    Attributes
+    ----------
+    run : the :class:`mammography.runs.Run`.
+    model : the loaded model (eval mode).
+    dataset : the validation images as a ``MammogramDataset``.
+    y_true, y_pred : (N,) labels 1..4 (``y_pred`` recomputed).
+    probs : (N, 4) recomputed probabilities.
+    maps : (N, h, w) float32 maps of ``layer`` for the predicted class, min-max normalised per image.
+    layer : the layer of ``maps``.
+    check : comparison with the stored predictions.
+    metrics : metrics recomputed from ``y_true``, ``y_pred``, ``probs``.
+    """
+
+    run: object
+    model: torch.nn.Module
+    dataset: object
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    probs: np.ndarray
+    maps: np.ndarray
+    layer: str
+    check: PredictionCheck
+    metrics: dict
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What :func:`report_pack` wrote.
+
+    Attributes
+    ----------
+    written : every file written, in order.
+    assets_dir, tex, markdown, manifest : the main outputs.
+    checks : one prediction check per run and fold.
+    layouts : asset path (relative to ``assets_dir``, POSIX) -> :class:`FigureLayout` of each figure.
+    selections : run id -> class label -> :class:`ClassSelection`.
+    """
+
+    written: tuple[Path, ...]
+    assets_dir: Path
+    tex: Path
+    markdown: Path
+    manifest: Path
+    checks: tuple[PredictionCheck, ...]
+    layouts: dict = field(default_factory=dict)
+    selections: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _device(name: str) -> torch.device:
+    from mammography.training.train import resolve_device
+
+    return resolve_device(name)
+
+
+def _main_layer(model: torch.nn.Module, layers) -> str:
+    from mammography.cam import resolve_layers
+
+    spec = layers[0] if len(layers) == 1 else list(layers)
+    return resolve_layers(model, spec)[-1].name
+
+
+def _compare(run, probs: np.ndarray, y_pred: np.ndarray, tolerance: float) -> PredictionCheck:
+    """Per-image agreement of recomputed and stored predictions (rules in the module docstring)."""
+    stored_probs = np.asarray(run.probabilities, dtype=np.float64)
+    stored_pred = run.predictions["y_pred"].to_numpy(dtype=int)
+    paths = run.predictions["image_path"].astype(str).tolist()
+    if len(paths) == 0:
+        return PredictionCheck(run.run_id, 0, (), 0.0)
+    diff = np.abs(stored_probs - probs).max(axis=1)
+    rows = np.arange(len(paths))
+    # a stored prediction beaten by more than the tolerance is a real disagreement;
+    # a near tie flipping under another precision (bf16 on a GPU) is not
+    beaten = probs[rows, y_pred - 1] - probs[rows, stored_pred - 1]
+    bad = (diff > tolerance) | ((stored_pred != y_pred) & (beaten > tolerance))
+    return PredictionCheck(
+        run_id=run.run_id,
+        n_images=len(paths),
+        disagreeing=tuple(p for p, b in zip(paths, bad) if b),
+        max_prob_diff=float(diff.max()),
+    )
+
+
+def _metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray) -> dict:
+    from mammography.training.metrics import SCALAR_METRICS, compute_metrics
+
+    if len(y_true) == 0:
+        return {k: None for k in SCALAR_METRICS}
+    full = compute_metrics(y_true, y_pred, probs)
+    return {k: full[k] for k in SCALAR_METRICS}
+
+
+def evaluate_run(run, options: ReportOptions, device: torch.device | None = None) -> EvaluatedRun:
+    """Recompute predictions and CAM maps of every validation image of ``run`` in one pass.
+
+    Parameters
+    ----------
+    run : a :class:`mammography.runs.Run`.
+    options : method, layers, batch size, cache folder, tolerance and progress are used.
+    device : torch device (default: ``options.device`` resolved).
+
+    Returns
+    -------
+    EvaluatedRun
+    """
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from mammography.cam import create_cam
+    from mammography.data.dataset import MammogramDataset, default_cache_dir
+
+    device = device or _device(options.device)
+    table = run.predictions
+    y_true = table["y_true"].to_numpy(dtype=int)
+    dataset = MammogramDataset(
+        table["image_path"].astype(str).tolist(),
+        labels=y_true.tolist(),
+        img_size=run.img_size,
+        normalise_laterality=run.normalise_laterality,
+        mean=run.mean,
+        std=run.std,
+        cache_dir=options.cache_dir if options.cache_dir is not None else default_cache_dir(),
+    )
+    # channels-last weights match the engine's channels-last input (faster convolutions)
+    model = run.load_model(device=device).to(memory_format=torch.channels_last)
+    layer = _main_layer(model, options.layers)
+    cam = create_cam(options.method, model, layers=[layer])
+    probs, maps = [], []
+    if len(dataset):
+        loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False, num_workers=0)
+        bar = tqdm(loader, desc=f"Grad-CAM {run.run_id}", unit="batch", disable=not options.progress, leave=False)
+        for batch in bar:
+            res = cam(batch["image"]).normalise().cpu()
+            probs.append(res.probs.numpy().astype(np.float64))
+            maps.append(res.map(layer).numpy().astype(np.float32))
+    probs_arr = np.concatenate(probs) if probs else np.zeros((0, len(CLASSES)))
+    maps_arr = np.concatenate(maps) if maps else np.zeros((0, 1, 1), dtype=np.float32)
+    y_pred = probs_arr.argmax(axis=1) + 1 if len(probs_arr) else np.zeros(0, dtype=int)
+    check = _compare(run, probs_arr, y_pred, options.prob_tolerance)
+    return EvaluatedRun(run=run, model=model, dataset=dataset, y_true=y_true, y_pred=y_pred, probs=probs_arr,
+                        maps=maps_arr, layer=layer, check=check, metrics=_metrics(y_true, y_pred, probs_arr))
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def _class_header(label: int) -> str:
+    from mammography.data.labels import CLASS_LETTERS, CLASS_NAMES
+
+    return f"{label} ({CLASS_LETTERS[label - 1]}) \u00b7 {CLASS_NAMES[label - 1]}"
+
+
+def _class_short(label: int) -> str:
+    from mammography.data.labels import CLASS_LETTERS
+
+    return f"{label} ({CLASS_LETTERS[label - 1]})"
+
+
+class DisplayImages:
+    """Original mammograms for drawing, decoded once per pack and downsampled.
+
+    Tiles and overlays show the original pixels (original orientation, whole
+    image, aspect kept) rather than the low-resolution model input, with the
+    heatmap mapped back through the image's :class:`~mammography.io.geometry.Geometry`.
+    Runs that share validation images (seeds on one split) decode each image once.
+
+    Parameters
+    ----------
+    max_side : longest side of a display image in pixels (the figure tiles are
+        about 250 px wide at 300 dpi; per-sample overlays use this size).
+    """
+
+    def __init__(self, max_side: int = 1024):
+        self.max_side = int(max_side)
+        self._images: dict[str, np.ndarray] = {}
+
+    def image(self, path: str) -> np.ndarray:
+        """float32 (h, w) in [0, 1], dense = bright, the long side at most ``max_side``."""
+        if path not in self._images:
+            from mammography.io import read_mammogram
+
+            pixels = np.asarray(read_mammogram(path).pixels, dtype=np.float32)
+            self._images[path] = _downsample(pixels, self.max_side)
+        return self._images[path]
+
+    def tile(self, ev: "EvaluatedRun", i: int, heatmap: np.ndarray | None = None) -> DisplayTile:
+        """Display tile of validation image ``i`` of ``ev`` with its (or the given) low-resolution heatmap."""
+        path = str(ev.dataset.paths[i])
+        image = self.image(path)
+        geometry = dataclasses.replace(ev.dataset.geometry(i), original_shape=tuple(image.shape))
+        hm = geometry.to_original(ev.maps[i] if heatmap is None else heatmap)
+        return DisplayTile(image=image, heatmap=np.clip(hm, 0.0, 1.0), y_true=int(ev.y_true[i]),
+                           y_pred=int(ev.y_pred[i]), confidence=float(ev.probs[i, ev.y_pred[i] - 1]),
+                           image_path=path)
+
+
+def _downsample(pixels: np.ndarray, max_side: int) -> np.ndarray:
+    """Antialiased resize so the longer side is at most ``max_side`` (aspect kept)."""
+    h, w = pixels.shape
+    scale = max_side / max(h, w)
+    if scale >= 1.0:
+        return pixels
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    t = torch.from_numpy(np.ascontiguousarray(pixels))[None, None]
+    out = torch.nn.functional.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return out[0, 0].clamp(0.0, 1.0).numpy()
+
+
+def _select(ev: EvaluatedRun, options: ReportOptions) -> dict[int, ClassSelection]:
+    seed = ev.run.seed if ev.run.seed is not None else 0
+    return select_per_class(ev.y_true, ev.y_pred, ev.probs, ev.run.predictions["image_path"].astype(str),
+                            per_class=options.per_class, strategy=options.select, seed=seed, classes=CLASSES)
+
+
+def _short_hash(run) -> str:
+    return run.checkpoint_sha256[:8]
+
+
+def _method_label(method: str) -> str:
+    name = canonical_method(method)
+    return METHOD_LABELS.get(name, name)
+
+
+def _grid_rows(ev: EvaluatedRun, selection: dict[int, ClassSelection],
+               images: DisplayImages) -> tuple[list[GridRow], dict]:
+    rows, tiles = [], {}
+    for label in CLASSES:
+        sel = selection[label]
+        cells = [images.tile(ev, i) for i in sel.indices]
+        tiles[label] = list(zip(sel.indices, cells))
+        note = sel.note if (sel.shortfall and sel.available) else ""
+        rows.append(GridRow(header=_class_header(label), cells=cells, note=note,
+                            message="no validation images" if not sel.available else "", key=label))
+    return rows, tiles
+
+
+def _grid_title(run, options: ReportOptions, layer: str) -> str:
+    seed = "?" if run.seed is None else run.seed
+    return (f"{run.run_id} \u00b7 seed {seed} \u00b7 checkpoint {_short_hash(run)} \u00b7 "
+            f"{_method_label(options.method)} at {layer}")
+
+
+def _shortfall_text(selection: dict[int, ClassSelection]) -> str:
+    parts = []
+    for label in CLASSES:
+        sel = selection[label]
+        if not sel.available:
+            parts.append(f"class {_class_short(label)}: no validation images")
+        elif sel.shortfall:
+            parts.append(f"class {_class_short(label)}: {len(sel.indices)} of {sel.requested} requested")
+    text = "; ".join(parts)
+    return (text[0].upper() + text[1:] + ". ") if parts else ""
+
+
+def _disagreement_text(check: PredictionCheck) -> str:
+    if not check.n_disagree:
+        return ""
+    return (f"Warning: {check.n_disagree} of {check.n_images} recomputed predictions disagree with the run's "
+            f"stored val_predictions.csv. ")
+
+
+def _grid_caption(ev: EvaluatedRun, selection, options: ReportOptions, what: str) -> str:
+    run = ev.run
+    return (
+        f"{_method_label(options.method)} heatmaps (layer {ev.layer}) of {what} (run {run.run_id}, checkpoint "
+        f"{_short_hash(run)}), explaining the predicted class. Rows: BI-RADS density classes 1 (A) to 4 (D) "
+        f"by ground truth; columns: up to {options.per_class} validation images per class, chosen from the "
+        f"predictions recomputed from the checkpoint as "
+        f"{describe_strategy(options.select, run.seed if run.seed is not None else 0)}. "
+        f"{_shortfall_text(selection)}"
+        f"Each tile shows the whole mammogram in its original orientation with the ground truth (GT), the "
+        f"prediction (Pred) and its probability. Colour scale: {options.colormap}, attention normalised per "
+        f"image from 0 (lowest) to 1 (highest). {_disagreement_text(ev.check)}"
+    ).strip()
+
+
+def _layer_rows(ev: EvaluatedRun, selection, options: ReportOptions,
+                images: DisplayImages) -> tuple[list[GridRow], list[str]]:
+    """Rows = layers + fused, columns = the first selected image of each class."""
+    from mammography.cam import create_cam
+
+    picks = {label: selection[label].indices[0] for label in CLASSES if selection[label].indices}
+    order = [picks[label] for label in CLASSES if label in picks]
+    layer_maps: dict[str, np.ndarray] = {}
+    names: list[str] = []
+    if order:
+        batch = torch.stack([ev.dataset[i]["image"] for i in order])
+        spec = options.layers[0] if len(options.layers) == 1 else list(options.layers)
+        res = create_cam(options.method, ev.model, layers=spec)(batch)
+        names = list(res.layers)
+        fused = res.fuse(options.fuse).map("fused")
+        norm = res.normalise().cpu()
+        layer_maps = {n: norm.map(n).numpy() for n in names}
+        layer_maps["fused"] = fused.cpu().numpy()
+    else:
+        names = list(options.layers)
+    row_names = names + ["fused"]
+    rows = []
+    for r, name in enumerate(row_names):
+        cells = []
+        for label in CLASSES:
+            if label not in picks:
+                cells.append("no validation images")
+                continue
+            j = order.index(picks[label])
+            cells.append(images.tile(ev, picks[label], heatmap=layer_maps[name][j]))
+        header = f"fused ({options.fuse} of {', '.join(names)})" if name == "fused" else name
+        rows.append(GridRow(header=header, cells=cells, show_labels=(r == len(row_names) - 1), key=name))
+    return rows, names
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "run"
+
+
+def _file_stem(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem)[:60] or "image"
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _git_commit(run) -> str | None:
+    rep = run.summary.get("reproducibility") if isinstance(run.summary, dict) else None
+    return rep.get("git_commit") if isinstance(rep, dict) else None
+
+
+def _clean(value):
+    """JSON-ready, stable numbers (rounded floats, NaN -> None)."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return None if not math.isfinite(value) else round(value, 6)
+    if isinstance(value, Path):
+        return value.as_posix()
+    return value
+
+
+def _run_record(ev: EvaluatedRun) -> dict:
+    run = ev.run
+    return {
+        "run_id": run.run_id,
+        "path": Path(run.path).as_posix(),
+        "seed": run.seed,
+        "fold": run.fold,
+        "checkpoint": Path(run.checkpoint).as_posix(),
+        "checkpoint_sha256": run.checkpoint_sha256,
+        "git_commit": _git_commit(run),
+        "n_val": ev.check.n_images,
+        "n_disagree": ev.check.n_disagree,
+        "disagreeing": list(ev.check.disagreeing[:LIST_DISAGREEING]),
+        "max_prob_diff": ev.check.max_prob_diff,
+        "metrics_recomputed": ev.metrics,
+        "metrics_stored": {k: v for k, v in run.metrics.items()},
+        "layer": ev.layer,
+    }
+
+
+@dataclass
+class _Pack:
+    """Outputs being assembled: staged files plus their manifest entries."""
+
+    options: ReportOptions
+    assets_dir: Path
+    batch: FileBatch = field(default_factory=FileBatch)
+    images: DisplayImages = field(default_factory=DisplayImages)
+    assets: list = field(default_factory=list)
+    layouts: dict = field(default_factory=dict)
+
+    def rel(self, path: Path) -> str:
+        return Path(os.path.relpath(path, self.assets_dir)).as_posix()
+
+    def add(self, path: Path, data: bytes | str, kind: str, ev: EvaluatedRun | None = None, **extra) -> Path:
+        path = self.batch.add(path, data)
+        entry = {"path": self.rel(path), "kind": kind, "sha256": self.batch.sha256(path)}
+        if ev is not None:
+            entry.update({
+                "run_id": ev.run.run_id,
+                "source_run": Path(ev.run.path).as_posix(),
+                "seed": ev.run.seed,
+                "checkpoint_sha256": ev.run.checkpoint_sha256,
+                "git_commit": _git_commit(ev.run),
+            })
+        entry.update(extra)
+        self.assets.append(entry)
+        return path
+
+    def figure(self, path: Path, fig_and_layout, kind: str, ev: EvaluatedRun, **extra) -> FigureLayout:
+        fig, layout = fig_and_layout
+        self.add(path, figure_png_bytes(fig), kind, ev, width_in=layout.width_in, height_in=layout.height_in,
+                 dpi=layout.dpi, **extra)
+        self.layouts[self.rel(path)] = layout
+        return layout
+
+
+def _figure_ref(path: Path, layout: FigureLayout, label: str, caption: str, alt: str) -> FigureRef:
+    return FigureRef(path=path, label=label, caption=caption, alt=alt, wide=layout.width_in > COLUMN_WIDTH_IN + 1e-6)
+
+
+# --------------------------------------------------------------------------- the pack
+
+
+def _load_inputs(run_specs, cv_specs, outputs_root):
+    from mammography.runs import is_cv_root, load_cv_run, load_run, resolve_runs
+
+    runs, cvs = [], []
+    for path in resolve_runs(list(run_specs), outputs_root) if run_specs else []:
+        if is_cv_root(path):
+            log.info("%s is a cross-validation run: drawing its folds as with --cv-run", path)
+            cvs.append(load_cv_run(path))
+        else:
+            runs.append(load_run(path))
+    for path in resolve_runs(list(cv_specs), outputs_root) if cv_specs else []:
+        cvs.append(load_cv_run(path))
+    if not runs and not cvs:
+        raise ConfigError("nothing to report: give at least one --run or --cv-run")
+    for run in runs:
+        if run.seed is None:
+            raise RunError(f"{run.path}/summary.json has no seed; the figure name needs it (density_gradcam_seed{{SEED}}.png)")
+    seeds: dict[int, object] = {}
+    for run in runs:
+        if run.seed in seeds:
+            raise ConfigError(
+                f"two runs have seed {run.seed} ({seeds[run.seed].path} and {run.path}); their figures would "
+                "share one name: pass only one of them"
+            )
+        seeds[run.seed] = run
+    cv_ids = [cv.root.name for cv in cvs]
+    if len(set(cv_ids)) != len(cv_ids):
+        raise ConfigError(f"two cross-validation runs share a folder name ({', '.join(cv_ids)}); pass one of each")
+    runs.sort(key=lambda r: r.seed)
+    cvs.sort(key=lambda c: c.root.name)
+    return runs, cvs
+
+
+def _previous_assets(assets_dir: Path) -> list[Path]:
+    """Files the previous pack in ``assets_dir`` listed (to remove the ones no longer produced)."""
+    manifest = assets_dir / MANIFEST_NAME
+    if not manifest.is_file():
+        return []
+    try:
+        entries = json.loads(manifest.read_text(encoding="utf-8")).get("assets", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    root = Path(os.path.abspath(assets_dir))
+    out = []
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("kind") in ("latex", "markdown") or "path" not in entry:
+            continue
+        path = Path(os.path.abspath(root / str(entry["path"])))
+        if root in path.parents and path.suffix == ".png":  # never outside the assets folder
+            out.append(path)
+    return out
+
+
+def report_pack(
+    runs=(),
+    cv_runs=(),
+    options: ReportOptions | None = None,
+    *,
+    outputs_root: str | Path = "outputs",
+) -> ReportResult:
+    """Regenerate the Grad-CAM figures, tables, LaTeX and Markdown from trained runs.
+
+    Parameters
+    ----------
+    runs : ``--run`` specs: run directories, names relative to the default
+        outputs folder (``results_4`` -> ``outputs/mammo_efficientnetb0_density/results_4``)
+        or globs (see :func:`mammography.runs.resolve_runs`).
+    cv_runs : ``--cv-run`` specs: cross-validation roots (same forms).
+    options : everything else (:class:`ReportOptions`).
+    outputs_root : the outputs folder the relative specs are looked up in.
+
+    Returns
+    -------
+    ReportResult
+
+    Raises
+    ------
+    RunError, CheckpointError, ImageReadError
+        A missing or broken run, checkpoint or image (nothing is written).
+    RunError
+        With ``options.strict``, when a checkpoint's recomputed predictions
+        disagree with its ``val_predictions.csv`` (nothing is written).
+    ConfigError
+        Bad parameters.
+    """
+    runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    cv_runs = [cv_runs] if isinstance(cv_runs, (str, Path)) else list(cv_runs)
+    options = options or ReportOptions()
+    options.validate()
+    command = options.command or command_line(runs, cv_runs, options)
+    seed_runs, cvs = _load_inputs(runs, cv_runs, Path(outputs_root))
+    device = _device(options.device)
+
+    # 1. recompute everything (the expensive part), check before drawing anything
+    evaluated = [evaluate_run(run, options, device) for run in seed_runs]
+    cv_evaluated = [(cv, [evaluate_run(fold, options, device) for fold in cv.folds]) for cv in cvs]
+    checks = [ev.check for ev in evaluated] + [ev.check for _, folds in cv_evaluated for ev in folds]
+    for check in checks:
+        (log.warning if check.n_disagree else log.info)("%s", check.message())
+    bad = [c for c in checks if c.n_disagree]
+    if bad and options.strict:
+        raise RunError(
+            "--strict: recomputed predictions disagree with val_predictions.csv, nothing written. "
+            + " | ".join(c.message() for c in bad)
+        )
+
+    # 2. draw and render into memory
+    assets_dir = Path(os.path.abspath(options.assets_dir))
+    pack = _Pack(options=options, assets_dir=assets_dir)
+    seed_entries, selections = [], {}
+    for ev in evaluated:
+        seed_entries.append(_seed_outputs(pack, ev, selections))
+    cv_entries = [_cv_outputs(pack, cv, folds, selections) for cv, folds in cv_evaluated]
+
+    seed_table = metric_table([(str(ev.run.seed), ev.metrics) for ev in evaluated]) if evaluated else None
+    main_layer = (evaluated or [f for _, fs in cv_evaluated for f in fs])[0].layer
+    content = ReportContent(
+        seeds=tuple(seed_entries), seed_table=seed_table, cvs=tuple(cv_entries), method=canonical_method(options.method),
+        layer=main_layer, selection=describe_strategy(options.select), per_class=options.per_class,
+        command=command, version=__version__,
+    )
+    tex_path = Path(os.path.abspath(options.tex))
+    md_path = Path(os.path.abspath(options.markdown))
+    article_dir = Path(options.article_dir) if options.article_dir is not None else default_article_dir(tex_path)
+    pack.add(tex_path, render_latex(content, article_dir), "latex")
+    pack.add(md_path, update_markdown(md_path, render_markdown_block(content, md_path)), "markdown")
+
+    manifest = {
+        "tool": "mammography report-pack",
+        "version": __version__,
+        "command": command,
+        "parameters": options.parameters(),
+        "article_dir": article_dir.as_posix(),
+        "runs": [_run_record(ev) for ev in evaluated],
+        "cv_runs": [
+            {"cv_id": cv.root.name, "path": cv.root.as_posix(), "seed": cv.seed, "k": cv.k,
+             "folds": [_run_record(f) for f in folds]}
+            for cv, folds in cv_evaluated
+        ],
+        "assets": pack.assets,
+    }
+    manifest_path = pack.batch.add(assets_dir / MANIFEST_NAME,
+                                   json.dumps(_clean(manifest), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    for stale in _previous_assets(assets_dir):
+        pack.batch.remove(stale, prune_up_to=assets_dir)
+
+    # 3. all files at once
+    written = pack.batch.commit()
+    return ReportResult(written=tuple(written), assets_dir=assets_dir, tex=tex_path, markdown=md_path,
+                        manifest=manifest_path, checks=tuple(checks), layouts=pack.layouts, selections=selections)
+
+
+def _seed_outputs(pack: _Pack, ev: EvaluatedRun, selections: dict) -> SeedEntry:
+    """Class grid, layer figure and per-sample overlays of one seed run."""
+    options, run = pack.options, ev.run
+    selection = _select(ev, options)
+    selections[run.run_id] = selection
+    rows, tiles = _grid_rows(ev, selection, pack.images)
+    grid_path = pack.assets_dir / f"density_gradcam_seed{run.seed}.png"
+    layout = pack.figure(grid_path, class_grid_figure(rows, title=_grid_title(run, options, ev.layer),
+                                                      n_columns=options.per_class, colormap=options.colormap,
+                                                      alpha=options.alpha),
+                         "class_grid", ev, layer=ev.layer)
+    figure = _figure_ref(grid_path, layout, f"fig:density-gradcam-seed{run.seed}",
+                         _grid_caption(ev, selection, options, f"the seed-{run.seed} density model"),
+                         f"Grad-CAM examples per density class, seed {run.seed}")
+
+    for label in CLASSES:
+        for rank, (i, tile) in enumerate(tiles[label], start=1):
+            name = f"class{label}_{rank:02d}_{_file_stem(tile.image_path)}.png"
+            pack.add(pack.assets_dir / "gradcam" / f"seed{run.seed}" / name,
+                     png_bytes(blend(tile.image, tile.heatmap, options.alpha, options.colormap)), "overlay", ev,
+                     image_path=tile.image_path, y_true=tile.y_true, y_pred=tile.y_pred,
+                     confidence=tile.confidence, layer=ev.layer)
+
+    layer_rows, names = _layer_rows(ev, selection, options, pack.images)
+    layer_path = pack.assets_dir / f"density_gradcam_layers_seed{run.seed}.png"
+    layer_layout = pack.figure(
+        layer_path,
+        layer_grid_figure(layer_rows, title=_grid_title(run, options, ", ".join(names) + " + fused"),
+                          column_headers=[_class_short(label) for label in CLASSES], colormap=options.colormap,
+                          alpha=options.alpha),
+        "layer_grid", ev, layers=names, fuse=options.fuse,
+    )
+    layer_caption = (
+        f"{_method_label(options.method)} of the seed-{run.seed} model (run {run.run_id}, checkpoint "
+        f"{_short_hash(run)}) at several depths ({', '.join(names)}) and fused ({options.fuse} of the "
+        f"per-layer maps normalised to 0-1). Columns: one validation image per true density class, the first "
+        f"image of that class in the seed-{run.seed} class figure; annotations under the last row. "
+        f"Colour scale: {options.colormap}, 0 (lowest) to 1 (highest attention)."
+    )
+    layer_figure = _figure_ref(layer_path, layer_layout, f"fig:density-gradcam-layers-seed{run.seed}",
+                               layer_caption, f"Grad-CAM at several depths, seed {run.seed}")
+    return SeedEntry(run_id=run.run_id, seed=int(run.seed), checkpoint_short=_short_hash(run),
+                     n_val=ev.check.n_images, n_disagree=ev.check.n_disagree, figure=figure,
+                     layer_figure=layer_figure)
+
+
+def _cv_outputs(pack: _Pack, cv, folds: list[EvaluatedRun], selections: dict) -> CVEntry:
+    """Fold figures and the per-fold metrics table of one cross-validation run."""
+    options = pack.options
+    cv_id = cv.root.name
+    figures = []
+    for ev in folds:
+        selection = _select(ev, options)
+        selections[ev.run.run_id] = selection
+        rows, _ = _grid_rows(ev, selection, pack.images)
+        number = ev.run.fold if ev.run.fold is not None else len(figures) + 1
+        path = pack.assets_dir / cv_id / f"fold_{number}_gradcam.png"
+        layout = pack.figure(path, class_grid_figure(rows, title=_grid_title(ev.run, options, ev.layer),
+                                                     n_columns=options.per_class, colormap=options.colormap,
+                                                     alpha=options.alpha),
+                             "fold_grid", ev, layer=ev.layer, fold=number)
+        caption = _grid_caption(ev, selection, options, f"fold {number} of the {cv.k}-fold cross-validation {cv_id}")
+        figures.append(_figure_ref(path, layout, f"fig:density-cv-{_slug(cv_id)}-fold{number}", caption,
+                                   f"Grad-CAM examples, {cv_id} fold {number}"))
+    labels = [str(ev.run.fold if ev.run.fold is not None else i + 1) for i, ev in enumerate(folds)]
+    table = metric_table([(label, ev.metrics) for label, ev in zip(labels, folds)])
+    return CVEntry(cv_id=cv_id, seed=cv.seed, k=cv.k, table=table, table_label=f"tab:density-cv-{_slug(cv_id)}",
+                   figures=tuple(figures))
+
+
+def command_line(runs=(), cv_runs=(), options: ReportOptions | None = None) -> str:
+    """The canonical command that regenerates a pack (recorded in the TeX, Markdown and manifest).
+
+    Built from the values, not from ``sys.argv``, so the same inputs give the
+    same text however the pack was started; the output paths are always
+    named, other options only when they differ from their defaults.
+    """
+    options = options or ReportOptions()
+    default = ReportOptions()
+    argv = ["mammography", "report-pack"]
+    for spec in runs:
+        argv += ["--run", str(spec)]
+    for spec in cv_runs:
+        argv += ["--cv-run", str(spec)]
+    # the outputs are always named, so the command says where it writes
+    argv += ["--assets-dir", str(options.assets_dir), "--tex", str(options.tex), "--markdown", str(options.markdown)]
+    flags = [("article_dir", "--article-dir"), ("per_class", "--per-class"), ("select", "--select"),
+             ("method", "--method"), ("colormap", "--colormap"), ("alpha", "--alpha"), ("fuse", "--fuse")]
+    for name, flag in flags:
+        value = getattr(options, name)
+        if value is not None and str(value) != str(getattr(default, name)):
+            argv += [flag, str(value)]
+    if tuple(options.layers) != tuple(default.layers):
+        argv += ["--layers", *options.layers]
+    if options.strict:
+        argv.append("--strict")
+    return shlex.join(argv)

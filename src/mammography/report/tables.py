@@ -1,0 +1,88 @@
+"""Metric tables: one row per seed or fold, and a mean ± standard deviation row.
+
+The same :class:`MetricTable` feeds the LaTeX and the Markdown templates, so
+the article and the Markdown never disagree on a number.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["METRIC_COLUMNS", "MetricTable", "metric_table", "format_value"]
+
+#: (metrics key, LaTeX header, Markdown header), in table order
+METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("acc", "Accuracy", "Accuracy"),
+    ("kappa_quadratic", r"$\kappa_{\mathrm{quad}}$", "Quadratic κ"),
+    ("macro_f1", "Macro-F1", "Macro-F1"),
+    ("auc_ovr", "AUC", "AUC (one-vs-rest)"),
+    ("bal_acc_adj", "Bal.\\ acc.\\ (adj.)", "Balanced acc. (adjusted)"),
+)
+
+_MISSING = "\u2014"  # em dash
+
+
+def format_value(value: float | None, digits: int = 3) -> str:
+    """``0.8123 -> "0.812"``; None or NaN -> an em dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return _MISSING
+    return f"{float(value):.{digits}f}"
+
+
+@dataclass(frozen=True)
+class MetricTable:
+    """A table of metrics.
+
+    Attributes
+    ----------
+    keys : metric keys, in column order.
+    row_labels : one label per row (e.g. ``"42"`` for a seed, ``"1"`` for a fold).
+    values : rows of floats (NaN when a metric is missing), shape (rows, keys).
+    mean, sd : per-column mean and sample standard deviation (ddof=1) over
+        the rows that have the metric; NaN when undefined (sd needs 2 rows).
+    """
+
+    keys: tuple[str, ...]
+    row_labels: tuple[str, ...]
+    values: tuple[tuple[float, ...], ...]
+    mean: tuple[float, ...]
+    sd: tuple[float, ...]
+
+    def cell(self, row: int, col: int, digits: int = 3) -> str:
+        return format_value(self.values[row][col], digits)
+
+    def summary(self, col: int, digits: int = 3, pm: str = " \u00b1 ") -> str:
+        """``"0.812 ± 0.034"``; only the mean when sd is undefined; an em dash when no row has the metric."""
+        m, s = self.mean[col], self.sd[col]
+        if math.isnan(m):
+            return _MISSING
+        if math.isnan(s):
+            return format_value(m, digits)
+        return f"{format_value(m, digits)}{pm}{format_value(s, digits)}"
+
+
+def metric_table(rows: list[tuple[str, dict]], keys: tuple[str, ...] | None = None) -> MetricTable:
+    """Build a :class:`MetricTable` from ``[(row_label, metrics_dict), ...]``.
+
+    Missing or None metrics become NaN and are left out of that column's mean
+    and standard deviation.
+    """
+    keys = tuple(keys or (k for k, _, _ in METRIC_COLUMNS))
+    values = np.array(
+        [[np.nan if m.get(k) is None else float(m[k]) for k in keys] for _, m in rows], dtype=np.float64
+    ).reshape(len(rows), len(keys))
+    means, sds = [], []
+    for j in range(len(keys)):
+        col = values[:, j][~np.isnan(values[:, j])]
+        means.append(float(np.mean(col)) if len(col) else math.nan)
+        sds.append(float(np.std(col, ddof=1)) if len(col) >= 2 else math.nan)
+    return MetricTable(
+        keys=keys,
+        row_labels=tuple(label for label, _ in rows),
+        values=tuple(tuple(float(v) for v in r) for r in values),
+        mean=tuple(means),
+        sd=tuple(sds),
+    )

@@ -1,0 +1,641 @@
+"""A phantom data set on disk: DICOM files, masks and the manifest.
+
+Layout written by :func:`generate_dataset` under ``out_dir``::
+
+    manifest.csv                      one row per image (columns below)
+    synth.json                        parameters and counts of this data set
+    dicom/<accession>/<accession>_<L|R><CC|MLO>.dcm
+    masks/<accession>_<L|R><CC|MLO>_dense.png    fibroglandular tissue, 0/255
+    masks/<accession>_<L|R><CC|MLO>_breast.png   breast incl. pectoral, 0/255
+
+``dicom/`` is directly usable as the ``--dicom-root`` of an
+``AccessionNumber, Classification`` manifest.
+
+Conventions
+-----------
+* A patient has one exam (one AccessionNumber, so the accession is **per
+  exam**, shared by its four images) with CC and MLO views of both breasts.
+  ``n`` is therefore rounded **up** to a multiple of 4 images.
+* Density is a property of the patient: all four images share the class;
+  each image's dense fraction jitters a little around the patient's.
+* Per patient (like a device): 12- or 14-bit stored values, and
+  MONOCHROME1 (stored inverted) for ``monochrome1_share`` of the patients.
+  Per image: JPEG 2000 lossless for ``compressed_share`` of the images when
+  pydicom finds an encoder (pylibjpeg-openjpeg); otherwise all files are
+  uncompressed and the log says so.
+* Window Center/Width map the stored range of the phantom's display values
+  exactly onto [0, 1], so a reader that applies the window gets the
+  phantom's pixels back (up to 12/14-bit quantisation).
+* Split by patient, stratified by class: ``val_frac`` of each class's
+  patients (at least one when a class has two or more) are ``val``.
+* With ``shortcut=k``, 90 % of class ``k``'s images (at least one) carry a
+  bright square; its box is ``artifact_bbox`` = ``"r0,c0,r1,c1"`` (half-open,
+  original pixels). Other classes never carry it.
+* Same arguments give the same bytes in every file: UIDs come from
+  ``pydicom.uid.generate_uid(entropy_srcs=...)``, dates are fixed, nothing
+  reads the clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from mammography.errors import ConfigError
+from mammography.synth.phantom import Phantom, TARGET_FRACTION_RANGES, make_phantom
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = (
+    "image_path",
+    "density_label",
+    "accession",
+    "patient_id",
+    "view",
+    "laterality",
+    "dense_fraction",
+    "roi_path",
+    "breast_mask_path",
+    "split",
+    "artifact_bbox",
+)
+"""Columns of ``manifest.csv``, in order."""
+
+DEFAULT_SIZE = (1024, 832)
+DEFAULT_CLASS_MIX = (0.1, 0.4, 0.4, 0.1)
+VIEWS_PER_PATIENT = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
+SHORTCUT_SHARE = 0.9
+STUDY_DATE = "20240115"
+STUDY_TIME = "093000"
+DETECTOR_HEIGHT_MM = 240.0
+_MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+_WIDTH_PER_ROW = 0.8125  # 832 / 1024: the default aspect
+
+
+@dataclass(frozen=True)
+class _ImagePlan:
+    """Everything decided about one image before it is drawn."""
+
+    index: int
+    patient: int
+    density_class: int
+    laterality: str
+    view: str
+    accession: str
+    patient_id: str
+    split: str
+    bits: int
+    monochrome1: bool
+    compress: bool
+    shortcut: bool
+    dense_fraction: float
+    breast_scale: float
+
+    @property
+    def stem(self) -> str:
+        return f"{self.accession}_{self.laterality}{self.view}"
+
+
+def parse_size(value) -> tuple[int, int]:
+    """Image size from ``"HxW"``, ``"H"``, an int or a pair.
+
+    A single number is the row count; the width follows the default aspect
+    (``round(0.8125 * rows)``, 832 for 1024).
+
+    Raises
+    ------
+    ConfigError
+        Malformed text or a size below 64 x 48.
+    """
+    try:
+        if isinstance(value, str):
+            parts = value.lower().replace("×", "x").split("x")
+            if len(parts) > 2:
+                raise ValueError
+            numbers = [int(p.strip()) for p in parts]
+        elif isinstance(value, (int, np.integer)):
+            numbers = [int(value)]
+        else:
+            numbers = [int(v) for v in value]
+    except (TypeError, ValueError):
+        raise ConfigError(f"size {value!r} is not 'HxW' (e.g. 1024x832) or a row count") from None
+    if len(numbers) == 1:
+        numbers.append(int(round(_WIDTH_PER_ROW * numbers[0])))
+    if len(numbers) != 2:
+        raise ConfigError(f"size {value!r} is not 'HxW' (e.g. 1024x832) or a row count")
+    rows, cols = numbers
+    if rows < 64 or cols < 48:
+        raise ConfigError(f"size {rows}x{cols} is too small: use at least 64x48")
+    if rows * cols > 8192 * 8192:
+        raise ConfigError(f"size {rows}x{cols} is too large: use at most 8192x8192 pixels")
+    return rows, cols
+
+
+def jpeg2000_available() -> bool:
+    """Whether pydicom can write JPEG 2000 Lossless here (pylibjpeg-openjpeg)."""
+    try:
+        from pydicom.pixels import get_encoder
+        from pydicom.uid import JPEG2000Lossless
+
+        return bool(get_encoder(JPEG2000Lossless).is_available)
+    except Exception:  # any import/plugin problem means: no encoder
+        return False
+
+
+def generate_dataset(
+    out_dir,
+    n: int = 400,
+    seed: int = 0,
+    size=DEFAULT_SIZE,
+    class_mix=DEFAULT_CLASS_MIX,
+    shortcut: int | None = None,
+    *,
+    val_frac: float = 0.2,
+    compressed_share: float = 0.2,
+    monochrome1_share: float = 0.15,
+    workers: int | None = 1,
+    progress: bool = False,
+) -> Path:
+    """Write a phantom mammography data set with its manifest.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Output folder (created; existing files of the same names are replaced).
+    n : int
+        Number of images, rounded up to whole patients (4 images each).
+    seed : int
+        Fixes every byte written.
+    size : "HxW", int or (int, int)
+        Image size in pixels; see :func:`parse_size`.
+    class_mix : sequence of 4 floats
+        Share of *patients* per class 1..4 (normalised). Allocation is by
+        largest remainder, with at least one patient for every class with a
+        positive share when there are enough patients.
+    shortcut : int, optional
+        Class 1..4 whose images get the bright shortcut square (90 %).
+    val_frac : float
+        Share of patients in the validation split, per class, in [0, 1).
+    compressed_share : float
+        Share of images stored JPEG 2000 Lossless (when an encoder exists).
+    monochrome1_share : float
+        Share of patients whose images are MONOCHROME1 (stored inverted).
+    workers : int or None
+        Processes drawing phantoms; ``None`` picks one for fewer than 64
+        images, else up to 8 CPUs. The output does not depend on it.
+    progress : bool
+        Show a tqdm progress bar on stderr.
+
+    Returns
+    -------
+    Path
+        ``out_dir / "manifest.csv"``.
+
+    Raises
+    ------
+    ConfigError
+        For an invalid parameter.
+    """
+    shape = parse_size(size)
+    mix = _check_mix(class_mix)
+    n = _check_int("n", n, minimum=1)
+    seed = _check_int("seed", seed, minimum=0)
+    if shortcut is not None:
+        shortcut = _check_int("shortcut class", shortcut, minimum=1, maximum=4)
+    _check_share("val_frac", val_frac, allow_one=False)
+    _check_share("compressed_share", compressed_share)
+    _check_share("monochrome1_share", monochrome1_share)
+    if workers is not None:
+        _check_int("workers", workers, minimum=1)
+
+    out_dir = Path(out_dir)
+    can_compress = jpeg2000_available()
+    if compressed_share > 0 and not can_compress:
+        logger.info(
+            "no JPEG 2000 encoder (install pylibjpeg-openjpeg): writing all DICOM files uncompressed"
+        )
+    plans = _plan(n, seed, mix, shortcut, val_frac, compressed_share if can_compress else 0.0,
+                  monochrome1_share)
+    try:
+        for sub in ("dicom", "masks"):
+            (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from None
+
+    from tqdm.auto import tqdm
+
+    jobs = [(out_dir, shape, seed, plan) for plan in plans]
+    n_workers = _resolve_workers(workers, len(plans))
+    rows, compressed = [], 0
+    with tqdm(total=len(jobs), desc="phantoms", unit="img", disable=not progress) as bar:
+        for row, was_compressed in _map(_write_image, jobs, n_workers):
+            rows.append(row)
+            compressed += was_compressed
+            bar.update()
+
+    manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    manifest_path = out_dir / "manifest.csv"
+    _atomic_write(manifest_path, manifest.to_csv(index=False, lineterminator="\n").encode())
+    info = _summary(plans, manifest, seed, shape, mix, shortcut, val_frac, compressed, can_compress)
+    _atomic_write(out_dir / "synth.json", (json.dumps(info, indent=2) + "\n").encode())
+    return manifest_path
+
+
+def _write_image(job: tuple) -> tuple[dict, bool]:
+    """Draw one planned phantom and write its DICOM file and masks."""
+    out_dir, shape, seed, plan = job
+    phantom = make_phantom(
+        plan.density_class,
+        plan.view,
+        plan.laterality,
+        shape,
+        seed=[seed, plan.patient, plan.index, 0x5EED],
+        dense_fraction=plan.dense_fraction,
+        breast_scale=plan.breast_scale,
+        shortcut=plan.shortcut,
+    )
+    image_rel = Path("dicom") / plan.accession / f"{plan.stem}.dcm"
+    compressed = _write_dicom(out_dir / image_rel, phantom, plan, seed)
+    dense_rel = Path("masks") / f"{plan.stem}_dense.png"
+    breast_rel = Path("masks") / f"{plan.stem}_breast.png"
+    _write_png(out_dir / dense_rel, phantom.dense_mask)
+    _write_png(out_dir / breast_rel, phantom.breast_mask)
+    return _manifest_row(plan, phantom, image_rel, dense_rel, breast_rel), compressed
+
+
+def _resolve_workers(workers: int | None, n_images: int) -> int:
+    """``None`` = automatic: one process for small sets, else up to 8 CPUs."""
+    if workers is None:
+        return 1 if n_images < 64 else max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(int(workers), n_images))
+
+
+def _map(fn, jobs: list, n_workers: int):
+    """``map(fn, jobs)`` in order, in worker processes when ``n_workers > 1``."""
+    if n_workers <= 1:
+        yield from map(fn, jobs)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: the caller may hold threads (torch, tqdm) that fork would copy badly
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
+        yield from pool.map(fn, jobs, chunksize=4)
+
+
+# ---------------------------------------------------------------------------
+# planning
+# ---------------------------------------------------------------------------
+
+
+def _plan(
+    n: int,
+    seed: int,
+    mix: np.ndarray,
+    shortcut: int | None,
+    val_frac: float,
+    compressed_share: float,
+    monochrome1_share: float,
+) -> list[_ImagePlan]:
+    n_patients = math.ceil(n / len(VIEWS_PER_PATIENT))
+    n_images = n_patients * len(VIEWS_PER_PATIENT)
+    rng = np.random.default_rng([seed, 0xDA7A])
+    classes = rng.permutation(np.repeat(np.arange(1, 5), _allocate(n_patients, mix)))
+    splits = _stratified_split(rng, classes, val_frac)
+    monochrome1 = _choose(rng, n_patients, monochrome1_share)
+    compress = _choose(rng, n_images, compressed_share)
+    bits = np.where(rng.random(n_patients) < 0.5, 12, 14)
+    image_class = np.repeat(classes, len(VIEWS_PER_PATIENT))
+    carries = np.zeros(n_images, dtype=bool)
+    if shortcut is not None:
+        members = np.flatnonzero(image_class == shortcut)
+        if members.size == 0:
+            logger.warning("shortcut class %d has no patients in this data set: no marker planted", shortcut)
+        chosen = _choose(rng, members.size, SHORTCUT_SHARE, keep_one_out=False)
+        carries[members[chosen]] = True
+
+    plans = []
+    for p in range(n_patients):
+        patient_rng = np.random.default_rng([seed, p, 0xB1A5])
+        cls = int(classes[p])
+        low, high = TARGET_FRACTION_RANGES[cls]
+        base_fraction = patient_rng.uniform(low, high)
+        base_scale = patient_rng.uniform(0.80, 0.98)
+        accession = f"A{seed % 100000:05d}{p + 1:05d}"
+        patient_id = f"SYN{seed % 100000:05d}-{p + 1:05d}"
+        for k, (laterality, view) in enumerate(VIEWS_PER_PATIENT):
+            index = p * len(VIEWS_PER_PATIENT) + k
+            plans.append(
+                _ImagePlan(
+                    index=index,
+                    patient=p,
+                    density_class=cls,
+                    laterality=laterality,
+                    view=view,
+                    accession=accession,
+                    patient_id=patient_id,
+                    split=str(splits[p]),
+                    bits=int(bits[p]),
+                    monochrome1=bool(monochrome1[p]),
+                    compress=bool(compress[index]),
+                    shortcut=bool(carries[index]),
+                    dense_fraction=float(
+                        np.clip(base_fraction + patient_rng.uniform(-0.025, 0.025), low, high)
+                    ),
+                    breast_scale=float(base_scale * patient_rng.uniform(0.97, 1.03)),
+                )
+            )
+    return plans
+
+
+def _allocate(total: int, mix: np.ndarray) -> np.ndarray:
+    """Patients per class by largest remainder; then every class with a positive
+    share gets at least one patient (taken from the largest class) when possible."""
+    quota = mix * total
+    counts = np.floor(quota).astype(int)
+    order = np.argsort(-(quota - counts), kind="stable")
+    counts[order[: total - counts.sum()]] += 1
+    positive = np.flatnonzero(mix > 0)
+    if total >= positive.size:
+        for k in positive:
+            if counts[k] == 0:
+                counts[np.argmax(counts)] -= 1
+                counts[k] = 1
+    return counts
+
+
+def _stratified_split(rng: np.random.Generator, classes: np.ndarray, val_frac: float) -> np.ndarray:
+    """Patients' splits: ``round(val_frac * N)`` in val (1..N-1), spread over the classes.
+
+    Each class gets the floor of its share; the rest goes to the classes with
+    the largest remainders, preferring classes that keep a training patient.
+    """
+    splits = np.full(classes.size, "train", dtype=object)
+    total = classes.size
+    if val_frac <= 0 or total < 2:
+        return splits
+    n_val = min(max(int(round(val_frac * total)), 1), total - 1)
+    labels = np.unique(classes)
+    sizes = np.array([(classes == c).sum() for c in labels])
+    quota = val_frac * sizes
+    counts = np.minimum(np.floor(quota).astype(int), np.maximum(sizes - 1, 0))
+    tiebreak = rng.random(labels.size)
+    for capacity in (np.maximum(sizes - 1, 0), sizes):  # keep a train patient first
+        while counts.sum() < n_val:
+            room = np.flatnonzero(counts < capacity)
+            if room.size == 0:
+                break
+            best = room[np.lexsort((tiebreak[room], -(quota[room] - counts[room])))[0]]
+            counts[best] += 1
+    for label, count in zip(labels, counts):
+        members = rng.permutation(np.flatnonzero(classes == label))
+        splits[members[:count]] = "val"
+    return splits
+
+
+def _choose(rng: np.random.Generator, total: int, share: float, keep_one_out: bool = True) -> np.ndarray:
+    """Exactly ``round(share * total)`` chosen items (at least one when share > 0)."""
+    chosen = np.zeros(total, dtype=bool)
+    if total == 0 or share <= 0:
+        return chosen
+    count = max(1, int(round(share * total)))
+    if keep_one_out and share < 1 and total >= 2:
+        count = min(count, total - 1)
+    chosen[rng.permutation(total)[: min(count, total)]] = True
+    return chosen
+
+
+def _check_mix(class_mix) -> np.ndarray:
+    try:
+        mix = np.asarray([float(v) for v in class_mix], dtype=float)
+    except (TypeError, ValueError):
+        raise ConfigError(f"class_mix {class_mix!r} must be 4 numbers, e.g. 0.1,0.4,0.4,0.1") from None
+    if mix.size != 4 or not np.all(np.isfinite(mix)) or np.any(mix < 0) or mix.sum() <= 0:
+        raise ConfigError(
+            f"class_mix {class_mix!r} must be 4 non-negative numbers with a positive sum, "
+            "e.g. 0.1,0.4,0.4,0.1"
+        )
+    return mix / mix.sum()
+
+
+def _check_share(name: str, value, allow_one: bool = True) -> None:
+    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+    ok = ok and 0.0 <= value <= 1.0 and (allow_one or value < 1.0)
+    if not ok:
+        raise ConfigError(f"{name} must be in [0, 1{']' if allow_one else ')'}, got {value!r}")
+
+
+def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{name} must be {bound}, got {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------
+
+
+def stored_values(pixels: np.ndarray, bits: int, monochrome1: bool) -> tuple[np.ndarray, float, float]:
+    """Display intensities [0, 1] -> stored uint16 values and their window.
+
+    Returns
+    -------
+    stored : numpy.ndarray
+        uint16, in ``0 .. 2**bits - 1``; inverted for MONOCHROME1.
+    center, width : float
+        DICOM Window Center/Width that map the stored range back onto
+        [0, 1] exactly (DICOM PS3.3 C.11.2.1.2 linear function).
+    """
+    top = 2**bits - 1
+    low, high = round(0.02 * top), round(0.95 * top)
+    stored = np.rint(low + pixels.astype(np.float64) * (high - low)).astype(np.uint16)
+    width = float(high - low + 1)
+    center = (low + high) / 2 + 0.5
+    if monochrome1:
+        stored = (top - stored).astype(np.uint16)
+        center = top - (low + high) / 2 + 0.5
+    return stored, center, width
+
+
+def _uid(seed: int, *parts: str) -> str:
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=["mammography.synth", str(seed), *parts])
+
+
+def _patient_orientation(laterality: str, view: str) -> list[str]:
+    toward_nipple = "A" if laterality == "L" else "P"
+    down = {"CC": "R" if laterality == "L" else "L", "MLO": "FR" if laterality == "L" else "FL"}[view]
+    return [toward_nipple, down]
+
+
+def _dicom_dataset(phantom: Phantom, plan: _ImagePlan, seed: int):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    rows, cols = phantom.pixels.shape
+    stored, center, width = stored_values(phantom.pixels, plan.bits, plan.monochrome1)
+    spacing = f"{DETECTOR_HEIGHT_MM / rows:.6f}"
+    study_uid = _uid(seed, plan.accession, "study")
+    series_uid = _uid(seed, plan.accession, plan.stem, "series")
+    sop_uid = _uid(seed, plan.accession, plan.stem, "instance")
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = _MG_FOR_PRESENTATION
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.SOPClassUID = _MG_FOR_PRESENTATION
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = STUDY_DATE
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = STUDY_TIME
+    ds.AccessionNumber = plan.accession
+    ds.Modality = "MG"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.Manufacturer = "mammography.synth"
+    ds.ManufacturerModelName = "phantom"
+    ds.StudyDescription = "Synthetic screening mammogram (phantom)"
+    ds.SeriesDescription = f"{plan.laterality} {plan.view}"
+    ds.PatientName = f"PHANTOM^{plan.patient + 1:05d}"
+    ds.PatientID = plan.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "F"
+    ds.BodyPartExamined = "BREAST"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = plan.accession
+    ds.SeriesNumber = VIEWS_PER_PATIENT.index((plan.laterality, plan.view)) + 1
+    ds.InstanceNumber = 1
+    ds.PatientOrientation = _patient_orientation(plan.laterality, plan.view)
+    ds.ImageLaterality = plan.laterality
+    ds.ViewPosition = plan.view
+    ds.BurnedInAnnotation = "YES"
+    ds.ImageComments = (
+        f"phantom: BI-RADS density class {plan.density_class}, "
+        f"dense fraction {phantom.dense_fraction:.4f}"
+    )
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if plan.monochrome1 else "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, cols
+    ds.PixelSpacing = [spacing, spacing]
+    ds.ImagerPixelSpacing = [spacing, spacing]
+    ds.BitsAllocated = 16
+    ds.BitsStored = plan.bits
+    ds.HighBit = plan.bits - 1
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = f"{center:.1f}"
+    ds.WindowWidth = f"{width:.1f}"
+    ds.VOILUTFunction = "LINEAR"
+    ds.RescaleIntercept = "0"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "US"
+    ds.PixelData = stored.tobytes()
+    return ds, stored
+
+
+def _write_dicom(path: Path, phantom: Phantom, plan: _ImagePlan, seed: int) -> bool:
+    """Write one DICOM file atomically; return whether it is JPEG 2000 compressed."""
+    ds, stored = _dicom_dataset(phantom, plan, seed)
+    compressed = False
+    if plan.compress:
+        from pydicom.uid import JPEG2000Lossless
+
+        try:
+            with _quiet_logger("openjpeg"):
+                ds.compress(JPEG2000Lossless, stored, generate_instance_uid=False)
+            compressed = True
+        except Exception as exc:  # encoder missing or refusing: keep it uncompressed
+            logger.warning("%s: JPEG 2000 encoding failed (%s); writing it uncompressed", path.name, exc)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, buffer.getvalue())
+    return compressed
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """Silence a library logger's INFO chatter (openjpeg logs "tile number 1 / 1" per file)."""
+    chatty = logging.getLogger(name)
+    level = chatty.level
+    chatty.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        chatty.setLevel(level)
+
+
+def _write_png(path: Path, mask: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG")
+    _atomic_write(path, buffer.getvalue())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file next to `path`, then rename over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as fh:  # plain open: permissions follow the umask
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _manifest_row(plan: _ImagePlan, phantom: Phantom, image: Path, dense: Path, breast: Path) -> dict:
+    bbox = phantom.artifact_bbox
+    return {
+        "image_path": image.as_posix(),
+        "density_label": plan.density_class,
+        "accession": plan.accession,
+        "patient_id": plan.patient_id,
+        "view": plan.view,
+        "laterality": plan.laterality,
+        "dense_fraction": f"{phantom.dense_fraction:.4f}",
+        "roi_path": dense.as_posix(),
+        "breast_mask_path": breast.as_posix(),
+        "split": plan.split,
+        "artifact_bbox": ",".join(str(v) for v in bbox) if bbox else "",
+    }
+
+
+def _summary(plans, manifest, seed, shape, mix, shortcut, val_frac, compressed, can_compress) -> dict:
+    labels = manifest["density_label"]
+    return {
+        "generator": "mammography.synth",
+        "seed": seed,
+        "n_images": len(plans),
+        "n_patients": len({p.patient for p in plans}),
+        "size": list(shape),
+        "class_mix": [round(float(v), 6) for v in mix],
+        "images_per_class": {str(k): int((labels == k).sum()) for k in range(1, 5)},
+        "images_per_split": {s: int((manifest["split"] == s).sum()) for s in ("train", "val")},
+        "shortcut_class": shortcut,
+        "shortcut_images": int((manifest["artifact_bbox"] != "").sum()),
+        "val_frac": val_frac,
+        "jpeg2000_available": can_compress,
+        "jpeg2000_images": int(compressed),
+        "monochrome1_images": int(sum(p.monochrome1 for p in plans)),
+        "accession": "per exam (one per patient, shared by its 4 images)",
+    }

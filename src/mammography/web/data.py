@@ -1,0 +1,510 @@
+"""From trained runs to the explorer's per-image records.
+
+:func:`build_explorer` is what ``mammography explore`` and ``report-pack
+--site`` call: it reads the runs, computes Grad-CAM for **every** validation
+image of every run at several depths of the network (plus their fusion),
+measures the attention with :mod:`mammography.analysis`, and streams
+:class:`~mammography.web.site.SiteImage` records into
+:func:`~mammography.web.site.build_site`.
+
+Three steps:
+
+1. CAMs: the union of the runs' validation images in batches; each image is
+   decoded once per input setting (size, laterality handling) and run
+   through every model that validated on it. The low-resolution maps of every
+   layer are kept (a few kB per image and run).
+2. Attention numbers, by the analysis module itself, on the final block's
+   maps, so the explorer shows exactly what ``mammography analyze`` and
+   report-pack report: :func:`~mammography.analysis.run_analysis.analyze_maps`
+   per run (shares of attention outside the breast, in the border band and on
+   burned-in markers, with their flags; ROI overlap) and
+   :func:`~mammography.analysis.run_analysis.compare_runs` across runs
+   (attention agreement and the high / low agreement class with reasons).
+   The table's *spurious attention* is the share of the map's mass in the
+   union of the three regions (the analysis's masks, on its grid).
+3. Records: the images again (from the decoded-image cache when one is set),
+   one :class:`SiteImage` each.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mammography.errors import ConfigError, ImageReadError
+from mammography.web.site import SeedResult, SiteImage, SiteLayer, SiteSeed, SiteSummary, build_site
+
+__all__ = [
+    "DEFAULT_LAYERS",
+    "FUSED",
+    "RunImages",
+    "load_runs",
+    "seed_columns",
+    "site_layers",
+    "resolve_layer_names",
+    "iter_site_images",
+    "build_explorer",
+]
+
+log = logging.getLogger(__name__)
+
+#: CAM layers of EfficientNet-B0 shown by default, shallow to deep as in
+#: report-pack: two intermediate depths (32 x 32 and 16 x 16 at 512 px) and
+#: the final block (16 x 16), which is shown first and measured
+DEFAULT_LAYERS: tuple[str, ...] = ("features.4", "features.6", "features.8")
+#: key of the fused map (mean of the normalised layers) in the layer switch
+FUSED = "fused"
+_PROB_COLUMNS = ("p_A", "p_B", "p_C", "p_D")
+_META_COLUMNS = ("view", "laterality", "accession", "patient_id")
+
+
+@dataclass(frozen=True)
+class RunImages:
+    """A run and the rows of its validation predictions, by image path.
+
+    Attributes
+    ----------
+    run : :class:`mammography.runs.Run`.
+    seed : the site column it becomes.
+    rows : absolute image path -> row index in ``run.predictions``.
+    """
+
+    run: object
+    seed: SiteSeed
+    rows: dict[str, int]
+
+
+# ---------------------------------------------------------------------------
+# runs -> seeds and layers
+# ---------------------------------------------------------------------------
+
+
+def load_runs(specs: Sequence, outputs_root: str | Path = Path("outputs")) -> list:
+    """Read runs given as paths, globs, names under ``outputs_root``, ``Run`` or ``CVRun``.
+
+    A cross-validation root becomes its folds (each fold validates on its own
+    images, so together they cover the whole data set).
+
+    Returns
+    -------
+    list of :class:`mammography.runs.Run`, in the order given.
+    """
+    from mammography.runs import CVRun, Run, is_cv_root, load_cv_run, load_run, resolve_runs
+
+    runs: list = []
+    paths: list = []
+    for spec in specs:
+        if isinstance(spec, Run):
+            runs.append(spec)
+        elif isinstance(spec, CVRun):
+            runs.extend(spec.folds)
+        else:
+            paths.append(spec)
+            continue
+    for path in resolve_runs([str(p) for p in paths], outputs_root=outputs_root) if paths else []:
+        runs.extend(load_cv_run(path).folds if is_cv_root(path) else [load_run(path)])
+    if not runs:
+        raise ConfigError("no runs given to the explorer; pass --run DIR (a training run directory)")
+    return runs
+
+
+def seed_columns(runs: Sequence) -> list[SiteSeed]:
+    """One :class:`SiteSeed` per run: ``seed42`` / ``seed 42`` when seeds are
+    distinct, else the fold (``fold1`` / ``fold 1 (seed 42)``), else the run id."""
+    seeds = [r.seed for r in runs]
+    distinct_seeds = None not in seeds and len(set(seeds)) == len(seeds)
+    folds = [getattr(r, "fold", None) for r in runs]
+    distinct_folds = None not in folds and len(set(folds)) == len(folds)
+    out, used = [], set()
+    for i, r in enumerate(runs):
+        if distinct_seeds:
+            key, label = f"seed{r.seed}", f"seed {r.seed}"
+        elif distinct_folds:
+            key = f"fold{r.fold}"
+            label = f"fold {r.fold}" + (f" (seed {r.seed})" if r.seed is not None else "")
+        else:
+            key, label = f"run{i + 1}", str(r.run_id)
+        while key in used:  # the same run given twice
+            key += "b"
+        used.add(key)
+        out.append(SiteSeed(key=key, label=label, run=str(r.path), metrics=dict(r.metrics)))
+    return out
+
+
+def site_layers(layers: Sequence[str], fuse: bool = True) -> list[SiteLayer]:
+    """The layer switch for ``layers`` given shallow to deep: the last (deepest)
+    first as the final block, then the others from deep to shallow, then the
+    fused map."""
+    if not layers:
+        raise ConfigError("the explorer needs at least one CAM layer (e.g. features.8)")
+    out = [SiteLayer(layers[-1], f"final block ({layers[-1]})")]
+    out += [SiteLayer(name, f"intermediate ({name})") for name in reversed(layers[:-1])]
+    if fuse and len(layers) > 1:
+        out.append(SiteLayer(FUSED, f"fused (mean of the {len(layers)} layers)"))
+    return out
+
+
+def resolve_layer_names(layers: Sequence[str]) -> list[str]:
+    """Check CAM layer names against EfficientNet-B0 (typos are explained) and
+    expand ``"stages"`` to ``features.0`` .. ``features.8``; order kept.
+
+    Each layer adds ``h x w`` bytes per image and run to the site (16 x 16 for
+    ``features.8`` at 512 px, 256 x 256 for ``features.0``).
+    """
+    from mammography.cam import resolve_layers
+    from mammography.models import build_density_model
+
+    layers = [name for item in layers for name in str(item).split(",") if name]
+    if not layers:
+        raise ConfigError("the explorer needs at least one CAM layer (e.g. features.8)")
+    spec = layers[0] if len(layers) == 1 else layers
+    return [t.name for t in resolve_layers(build_density_model(), spec)]
+
+
+def _image_index(run_images: Sequence[RunImages]) -> list[tuple[str, int]]:
+    """Every image of every run once, with its true class, sorted by path."""
+    truth: dict[str, int] = {}
+    for ri in run_images:
+        y = ri.run.predictions["y_true"].to_numpy()
+        for path, row in ri.rows.items():
+            t = int(y[row])
+            if path in truth and truth[path] != t:
+                log.warning("explorer: %s has true class %d in one run and %d in %s; using %d",
+                            path, truth[path], t, ri.seed.label, truth[path])
+            truth.setdefault(path, t)
+    return sorted(truth.items())
+
+
+def _display_names(paths: Sequence[str]) -> list[str]:
+    """Paths relative to their common folder (short, still unique)."""
+    if len(paths) == 1:
+        return [Path(paths[0]).name]
+    try:
+        root = os.path.commonpath(paths)
+    except ValueError:  # different drives
+        return list(paths)
+    if root in paths:  # a single file's path
+        root = os.path.dirname(root)
+    return [os.path.relpath(p, root) for p in paths]
+
+
+# ---------------------------------------------------------------------------
+# masks
+# ---------------------------------------------------------------------------
+
+
+def _read_mask(path) -> np.ndarray | None:
+    """A mask image (PNG/TIFF, nonzero = in) as bool, or None when the cell is empty."""
+    if path is None or (isinstance(path, float) and np.isnan(path)) or str(path).strip() == "":
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except (OSError, ValueError) as exc:
+        raise ImageReadError(f"cannot read the mask {path} ({exc}); fix or remove it from the manifest") from exc
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    return arr > 0
+
+
+# ---------------------------------------------------------------------------
+# the pass over the images
+# ---------------------------------------------------------------------------
+
+
+class _Inputs:
+    """Model squares of a batch, decoded once per (size, laterality) setting."""
+
+    def __init__(self, paths: Sequence[str], cache_dir):
+        self.paths = list(paths)
+        self.cache_dir = cache_dir
+        self._datasets: dict = {}
+        self._memo: dict = {}
+
+    def dataset(self, run):
+        from mammography.data.dataset import MammogramDataset
+
+        key = (int(run.img_size), bool(run.normalise_laterality), tuple(run.mean), tuple(run.std))
+        if key not in self._datasets:
+            self._datasets[key] = MammogramDataset(
+                self.paths, img_size=key[0], normalise_laterality=key[1], mean=key[2], std=key[3],
+                cache_dir=self.cache_dir,
+            )
+        return self._datasets[key]
+
+    def prepared(self, run, i: int):
+        ds = self.dataset(run)
+        key = (ds.img_size, ds.normalise_laterality, i)
+        if key not in self._memo:
+            self._memo[key] = ds.prepared(i)
+        return self._memo[key]
+
+    def next_batch(self) -> None:
+        self._memo.clear()
+
+
+def _cam_batch(cam, run_images: RunImages, inputs: _Inputs, indices: Sequence[int], device) -> dict[int, dict]:
+    """CAM maps (layer -> (h, w) float16, plus the fusion) for the images ``indices``
+    a run validated on, explaining the class the run predicted."""
+    run, ds = run_images.run, inputs.dataset(run_images.run)
+    mine = [i for i in indices if inputs.paths[i] in run_images.rows]
+    if not mine:
+        return {}
+    x = torch.stack([ds.to_tensor(inputs.prepared(run, i).square) for i in mine]).to(device)
+    rows = [run_images.rows[inputs.paths[i]] for i in mine]
+    targets = torch.as_tensor(run.predictions["y_pred"].to_numpy()[rows] - 1, dtype=torch.long)
+    res = cam(x, targets=targets).cpu()
+    fused = res.fuse("mean").maps["fused"].numpy() if len(res.layers) > 1 else None
+    out = {}
+    for b, i in enumerate(mine):
+        # float16 keeps every layer of 5,000 images x 3 runs in ~100 MB; maps are stored as uint8 anyway
+        maps = {name: res.maps[name][b].numpy().astype(np.float16) for name in res.layers}
+        if fused is not None:
+            maps[FUSED] = fused[b].astype(np.float16)
+        out[i] = maps
+    return out
+
+
+def _seed_result(ri: RunImages, path: str, maps: dict, geometry) -> SeedResult:
+    """The run's recorded prediction (val_predictions.csv) and its maps."""
+    table = ri.run.predictions
+    row = ri.rows[path]
+    probs = [float(table[c].iloc[row]) for c in _PROB_COLUMNS] if all(c in table for c in _PROB_COLUMNS) else None
+    return SeedResult(
+        pred=int(table["y_pred"].iloc[row]),
+        confidence=float(table["confidence"].iloc[row]),
+        probs=probs,
+        maps={name: m.astype(np.float32) for name, m in maps.items()},
+        geometry=geometry,
+    )
+
+
+@dataclass
+class _RunAttention:
+    """What the analysis module measured on one run, by image path."""
+
+    analysis: object  # mammography.analysis.run_analysis.RunAnalysis
+    index: dict[str, int]
+
+    def numbers(self, path: str) -> tuple[float | None, bool | None, dict]:
+        """(spurious score, spurious flag, details shown in the image view) of one image."""
+        from mammography.analysis.maps import mass_share
+        from mammography.analysis.spurious import border_band
+
+        a, i = self.analysis, self.index[path]
+        row = a.table.iloc[i]
+        breast = a.regions[i].breast()
+        off_tissue = ~breast | border_band(breast.shape, a.options.border_fraction) | a.regions[i].markers()
+        share = mass_share(a.grid_map(i), off_tissue)
+        details = {}
+        for label, column in _DETAILS:
+            value = row.get(column)
+            if value is not None and np.isfinite(value):
+                details[label] = round(float(value), 3)
+        flag = row.get("spurious_flag")
+        return (None if np.isnan(share) else float(share)), (None if flag is None else bool(flag)), details
+
+
+#: per-seed numbers of the analysis shown in the image view (label, column)
+_DETAILS = (
+    ("outside breast", "outside_breast_share"),
+    ("border", "border_share"),
+    ("markers", "marker_share"),
+    ("ROI IoU", "iou"),
+    ("ROI energy", "energy_pointing"),
+    ("ROI pointing hit", "pointing_hit"),
+)
+
+
+def _analyse(run_images, store, layer, options) -> tuple[list[_RunAttention], dict]:
+    """Run the analysis module on each run's final-layer maps, then compare the runs.
+
+    Returns the per-run measurements and image path -> ImageConsistency.
+    """
+    from mammography.analysis.run_analysis import analyze_maps, compare_runs
+    from mammography.data.dataset import MammogramDataset
+
+    attention = []
+    for ri, maps in zip(run_images, store):
+        run = ri.run
+        paths = run.predictions["image_path"].astype(str).tolist()
+        dataset = MammogramDataset(paths, img_size=run.img_size, normalise_laterality=run.normalise_laterality,
+                                   mean=run.mean, std=run.std, cache_dir=options.cache_dir)
+        final = np.stack([maps[p][layer].astype(np.float32) for p in paths])
+        analysis = analyze_maps(run, dataset, final, run.probabilities, options=options)
+        attention.append(_RunAttention(analysis, {p: i for i, p in enumerate(paths)}))
+    consistency = {}
+    if len(attention) >= 2 and set.intersection(*(set(a.index) for a in attention)):
+        result = compare_runs([a.analysis for a in attention])
+        consistency = {rec.image_path: rec for rec in result.records}
+    return attention, consistency
+
+
+def iter_site_images(
+    runs: Sequence,
+    layers: Sequence[str] = DEFAULT_LAYERS,
+    *,
+    method: str = "gradcam",
+    device: str = "cpu",
+    batch_size: int = 16,
+    cache_dir: str | Path | None = None,
+    seeds: Sequence[SiteSeed] | None = None,
+    progress: bool = False,
+) -> Iterator[SiteImage]:
+    """Yield one :class:`SiteImage` per validation image of any of ``runs``.
+
+    Parameters
+    ----------
+    runs : :class:`mammography.runs.Run` objects (see :func:`load_runs`).
+    layers : CAM layers, shallow to deep; the last is the final block, whose
+        maps the attention numbers are measured on. With two or more, a fused
+        map (mean of the normalised layers) is added under :data:`FUSED`.
+    method : CAM method (``gradcam``, ``gradcam++``, ``hirescam``, ``xgradcam``,
+        ``layercam``); each map explains the class the run predicted (its
+        ``val_predictions.csv``).
+    device : torch device for the models (``"auto"``: CUDA when available).
+    batch_size : images per CAM call.
+    cache_dir : decoded-image cache folder (see
+        :class:`mammography.data.dataset.MammogramDataset`); without one every
+        image is decoded three times (CAMs, analysis, display).
+    seeds : the site columns of ``runs`` (default :func:`seed_columns`).
+    progress : tqdm progress bar over the CAM batches.
+
+    Yields
+    ------
+    SiteImage, sorted by image path; maps are in each run's model square.
+    The CAMs and the analysis are computed when the first image is asked for.
+    """
+    from tqdm.auto import tqdm
+
+    from mammography.analysis.consistency import HIGH_AGREEMENT
+    from mammography.analysis.run_analysis import AnalysisOptions
+    from mammography.cam import create_cam
+    from mammography.training.train import resolve_device
+
+    device = resolve_device(str(device))
+    layers = list(layers)
+    if not layers:
+        raise ConfigError("the explorer needs at least one CAM layer (e.g. features.8)")
+    runs = list(runs)
+    seeds = list(seeds) if seeds is not None else seed_columns(runs)
+    run_images = [
+        RunImages(run, seed, {str(p): i for i, p in enumerate(run.predictions["image_path"].astype(str))})
+        for run, seed in zip(runs, seeds)
+    ]
+    index = _image_index(run_images)
+    paths = [p for p, _ in index]
+    names = _display_names(paths)
+    inputs = _Inputs(paths, cache_dir)
+
+    # 1. CAMs of every layer, every run, every image (low resolution, kept)
+    cams = [create_cam(method, ri.run.load_model(device=device), layers=layers) for ri in run_images]
+    store: list[dict[str, dict]] = [{} for _ in run_images]
+    starts = range(0, len(paths), batch_size)
+    for start in tqdm(starts, desc="explorer CAMs", unit="batch", disable=not progress, leave=False):
+        inputs.next_batch()
+        batch = list(range(start, min(start + batch_size, len(paths))))
+        for k, (cam, ri) in enumerate(zip(cams, run_images)):
+            for i, maps in _cam_batch(cam, ri, inputs, batch, device).items():
+                store[k][paths[i]] = maps
+    del cams
+
+    # 2. attention numbers from the analysis module, on the final block
+    options = AnalysisOptions(method=method, layer=layers[-1], batch_size=batch_size, device=str(device),
+                              cache_dir=None if cache_dir is None else Path(cache_dir))
+    attention, consistency = _analyse(run_images, store, layers[-1], options)
+
+    # 3. one record per image
+    for i, (path, y_true) in enumerate(index):
+        inputs.next_batch()
+        owners = [k for k, ri in enumerate(run_images) if path in ri.rows]
+        first = run_images[owners[0]]
+        prep = inputs.prepared(first.run, i)  # shown as the first run that validated on it prepared it
+        results = {}
+        for k in owners:
+            ri = run_images[k]
+            score, flag, details = attention[k].numbers(path)
+            result = _seed_result(ri, path, store[k][path], inputs.prepared(ri.run, i).geometry)
+            result.spurious, result.spurious_flag, result.details = score, flag, details
+            results[ri.seed.key] = result
+        row = first.run.predictions.iloc[first.rows[path]]
+        rec = consistency.get(path)
+        rho = None if rec is None else rec.mean_rank_correlation
+        g = prep.geometry
+        yield SiteImage(
+            name=names[i],
+            y_true=y_true,
+            square=prep.square,
+            geometry=g,
+            results=results,
+            roi=_read_mask(row.get("roi_path")),
+            attention_agreement=None if rho is None or np.isnan(rho) else float(rho),
+            high_agreement=None if rec is None else rec.agreement == HIGH_AGREEMENT,
+            reasons=() if rec is None else tuple(rec.reasons),
+            meta={**{c: row.get(c) for c in _META_COLUMNS if c in row.index},
+                  "size": f"{g.original_shape[0]} x {g.original_shape[1]} px", "path": path},
+        )
+
+
+def build_explorer(
+    runs: Sequence,
+    out_dir: str | Path,
+    *,
+    layers: Sequence[str] = DEFAULT_LAYERS,
+    method: str = "gradcam",
+    device: str = "auto",
+    batch_size: int = 16,
+    cache_dir: str | Path | None = None,
+    outputs_root: str | Path = Path("outputs"),
+    title: str | None = None,
+    progress: bool = True,
+) -> SiteSummary:
+    """Write the explorer site for every validation image of ``runs`` into ``out_dir``.
+
+    Parameters
+    ----------
+    runs : run directories (paths, globs, names under ``outputs_root``),
+        cross-validation roots (their folds), or ``Run`` / ``CVRun`` objects.
+    out_dir : the site folder (replaced whole; see
+        :func:`mammography.web.site.build_site`).
+    layers : CAM layers, shallow to deep (the last is the final block); a
+        fused map is added.
+    method : CAM method.
+    device : torch device (``"auto"``, ``"cpu"``, ``"cuda"``).
+    batch_size : images per CAM call.
+    cache_dir : decoded-image cache folder, or None.
+    outputs_root : where bare run names are looked up.
+    title : page title (default names the runs).
+    progress : show a progress bar.
+
+    Returns
+    -------
+    SiteSummary (``.index`` is the page to open).
+    """
+    layers = resolve_layer_names(layers)
+    run_list = load_runs(runs, outputs_root=outputs_root)
+    seeds = seed_columns(run_list)
+    n = len({str(p) for r in run_list for p in r.predictions["image_path"]})
+    subtitle = (
+        f"{n} validation images, {len(run_list)} run{'s' if len(run_list) != 1 else ''}; "
+        f"{method} maps explain each run's predicted class"
+    )
+    return build_site(
+        out_dir,
+        iter_site_images(run_list, layers, method=method, device=device, batch_size=batch_size,
+                         cache_dir=cache_dir, seeds=seeds, progress=progress),
+        seeds,
+        site_layers(list(layers)),
+        title=title or "Grad-CAM explorer: " + ", ".join(s.label for s in seeds),
+        subtitle=subtitle,
+        n_images=n,
+        progress=progress,
+    )

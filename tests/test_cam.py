@@ -1,0 +1,529 @@
+"""Tests of the Grad-CAM engine (mammography.cam).
+
+The model is a real EfficientNet-B0 (``weights=None``) whose BatchNorm
+statistics were re-estimated on structured images, so logits and gradients
+are far from zero (a random init gives logits near 1e-14 and maps that
+compare badly). Inputs are 128 px: features.4 is 8x8, features.6 and
+features.8 are 4x4.
+
+The reference activations and gradients come from an independent path: a
+float64 copy of the model, a full autograd graph from the input, and hooks
+that add a zero tensor ``delta`` to each target output, so dScore/dA is
+dScore/d(delta). The formulas are written again in numpy below.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mammography.cam import (
+    METHODS,
+    CAMResult,
+    GradCAM,
+    HiResCAM,
+    LayerCAM,
+    create_cam,
+    default_layer_name,
+    fuse_maps,
+    normalise_maps,
+    resolve_layers,
+    stage_names,
+)
+from mammography.errors import ConfigError
+from mammography.io.geometry import compute_geometry
+from mammography.models import build_density_model
+
+SIZE = 128
+LAYERS = ["features.4", "features.6", "features.8"]
+
+
+# ---------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------
+
+
+def structured_images(n: int, size: int = SIZE, seed: int = 0) -> torch.Tensor:
+    """Gaussian blobs at random places plus noise, 3 identical channels."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    out = []
+    for _ in range(n):
+        cy, cx = (torch.rand(2, generator=g) * 1.2 - 0.6).tolist()
+        r = 0.15 + 0.3 * float(torch.rand(1, generator=g))
+        blob = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        img = 2.5 * blob - 1 + 0.3 * torch.randn(size, size, generator=g)
+        out.append(img.expand(3, size, size))
+    return torch.stack(out).contiguous()
+
+
+def bn_reestimated_model(seed: int = 0) -> nn.Module:
+    """EfficientNet-B0 density model with BatchNorm statistics of structured images."""
+    torch.manual_seed(seed)
+    model = build_density_model()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for s in range(2):
+            model(structured_images(8, SIZE, seed=100 + s))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    return bn_reestimated_model()
+
+
+@pytest.fixture(scope="module")
+def model64(model) -> nn.Module:
+    return copy.deepcopy(model).double().eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return structured_images(3, SIZE, seed=1)
+
+
+# ---------------------------------------------------------------------------
+# independent reference
+# ---------------------------------------------------------------------------
+
+
+def reference_acts_grads(model64: nn.Module, x: torch.Tensor, layers, targets):
+    """float64 activations and dScore/dA via a plain full-graph autograd pass."""
+    acts, deltas = {}, {}
+
+    def make_hook(name):
+        def hook(module, inputs, output):
+            acts[name] = output.detach().clone()
+            delta = torch.zeros_like(output, requires_grad=True)
+            deltas[name] = delta
+            return output + delta
+
+        return hook
+
+    handles = [model64.get_submodule(n).register_forward_hook(make_hook(n)) for n in layers]
+    try:
+        logits = model64(x.double())
+    finally:
+        for h in handles:
+            h.remove()
+    t = torch.as_tensor(targets)
+    score = logits[torch.arange(len(x)), t].sum()
+    grads = torch.autograd.grad(score, [deltas[n] for n in layers])
+    return (
+        {n: acts[n].numpy() for n in layers},
+        {n: g.numpy() for n, g in zip(layers, grads)},
+        logits.detach().numpy(),
+    )
+
+
+def formula(method: str, A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """The published CAM formulas in float64 numpy, (B, C, h, w) -> (B, h, w)."""
+    if method == "gradcam":
+        w = G.mean(axis=(2, 3))
+        cam = np.einsum("bc,bchw->bhw", w, A)
+    elif method == "gradcam++":
+        g2, g3 = G**2, G**3
+        sum_a = A.sum(axis=(2, 3), keepdims=True)
+        alpha = g2 / (2 * g2 + sum_a * g3 + 1e-6)
+        alpha = np.where(G != 0, alpha, 0.0)
+        w = (alpha * np.maximum(G, 0)).sum(axis=(2, 3))
+        cam = np.einsum("bc,bchw->bhw", w, A)
+    elif method == "hirescam":
+        cam = (G * A).sum(axis=1)
+    elif method == "xgradcam":
+        w = (G * A).sum(axis=(2, 3)) / (A.sum(axis=(2, 3)) + 1e-7)
+        cam = np.einsum("bc,bchw->bhw", w, A)
+    elif method == "layercam":
+        cam = (np.maximum(G, 0) * A).sum(axis=1)
+    else:  # pragma: no cover
+        raise AssertionError(method)
+    return np.maximum(cam, 0)
+
+
+def minmax(a: np.ndarray) -> np.ndarray:
+    """Per-map min-max over the last two axes (written independently of the library)."""
+    lo = a.min(axis=(-2, -1), keepdims=True)
+    hi = a.max(axis=(-2, -1), keepdims=True)
+    return (a - lo) / (hi - lo)
+
+
+# ---------------------------------------------------------------------------
+# correctness
+# ---------------------------------------------------------------------------
+
+
+def test_model_fixture_is_not_degenerate(model, images):
+    with torch.no_grad():
+        logits = model(images)
+    assert logits.abs().max() > 1e-3  # a random init gives ~1e-14
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_matches_its_float64_formula(method, model, model64, images):
+    targets = [0, 2, 3]
+    A, G, _ = reference_acts_grads(model64, images, LAYERS, targets)
+
+    # the engine on the float64 model: the formula to float32 output precision
+    res64 = create_cam(method, model64, LAYERS)(images, targets=targets)
+    # the engine on the float32 model: what users run
+    res32 = create_cam(method, model, LAYERS)(images, targets=targets)
+    assert res32.method == method
+    assert res32.targets.tolist() == targets
+    for layer in LAYERS:
+        ref = formula(method, A[layer], G[layer])
+        assert ref.max() > 0
+        got64 = res64[layer].numpy()
+        got32 = res32[layer].numpy()
+        assert got32.dtype == np.float32 and got32.shape == ref.shape
+        np.testing.assert_allclose(got64, ref, rtol=1e-6, atol=1e-6 * ref.max())
+        # XGrad-CAM divides by sum_ij A_c, which is near zero for some channels of
+        # features.4/6 (BatchNorm outputs): float32 rounding of the model itself is
+        # amplified there (measured 3e-4); the other methods agree to ~1e-5.
+        np.testing.assert_allclose(minmax(got32), minmax(ref), atol=1e-3 if method == "xgradcam" else 1e-4)
+
+
+@pytest.mark.parametrize(
+    "layers", [["features.0.1"], ["features.0.0", "features.0.1"], ["features.1", "features.2.1.block"]]
+)
+def test_layers_modified_in_place_downstream(layers, model64, images):
+    """features.0.1 (BatchNorm) is followed by an in-place SiLU; the output of
+    features.2.1.block receives MBConv's in-place residual ``+=``. The maps must
+    use the layer's own output and its own gradient, both when the layer is the
+    first target (its output becomes the graph's leaf) and when a shallower
+    target comes first (its output is inside the recorded graph)."""
+    targets = [1, 1, 2]
+    A, G, _ = reference_acts_grads(model64, images, layers, targets)
+    res = GradCAM(model64, layers)(images, targets=targets)
+    for layer in layers:
+        ref = formula("gradcam", A[layer], G[layer])
+        np.testing.assert_allclose(res[layer].numpy(), ref, rtol=1e-6, atol=1e-6 * ref.max())
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("layer", LAYERS)
+def test_gradcam_matches_grad_cam_package(layer, batch, model, images):
+    """Compare with ``pytorch_grad_cam.GradCAM`` (grad-cam 1.5.7).
+
+    Two resolutions are compared:
+    * the feature-map resolution: the package's own weighting
+      (``get_cam_image``) of the activations and gradients its hooks
+      recorded during its ``loss.backward()``, then ReLU, then the same
+      min-max on both sides;
+    * the input resolution: the package's final output against ours
+      normalised, upsampled bilinearly (align_corners=False, OpenCV's pixel
+      convention) and normalised again: the package min-maxes each layer's map
+      (1e-7 epsilon), resizes it with ``cv2.resize`` and min-maxes the resized
+      map once more when it aggregates layers. Bilinear upsampling rarely
+      reaches the grid maximum, so that second step rescales by a few percent.
+    """
+    from pytorch_grad_cam import GradCAM as PackageGradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    x = images[:batch]
+    ours = GradCAM(model, layer)(x)  # predicted class
+    targets = ours.targets.tolist()
+
+    pkg_model = copy.deepcopy(model)
+    with PackageGradCAM(model=pkg_model, target_layers=[pkg_model.get_submodule(layer)]) as pkg:
+        full = pkg(input_tensor=x.clone(), targets=[ClassifierOutputTarget(c) for c in targets])
+        acts = pkg.activations_and_grads.activations[0].numpy()
+        grads = pkg.activations_and_grads.gradients[0].numpy()
+        low = np.maximum(pkg.get_cam_image(x, None, None, acts, grads), 0)
+
+    assert low.shape == tuple(ours[layer].shape)
+    np.testing.assert_allclose(normalise_maps(ours[layer]).numpy(), minmax(low), atol=1e-4)
+    ours_full = ours.normalise().upsample().normalise()[layer].numpy()
+    assert ours_full.shape == full.shape == (batch, SIZE, SIZE)
+    np.testing.assert_allclose(ours_full, full, atol=1e-4)
+
+
+def test_final_layer_gradcam_is_classic_cam(model64, images):
+    """EfficientNet-B0's head is features.8 -> global average pool -> dropout ->
+    Linear, so dS_c/dA_k = W_ck / (h w) and Grad-CAM = ReLU(sum_k W_ck A_k) / (h w):
+    the classic CAM of Zhou et al. 2016 (up to the 1/(h w) scale)."""
+    res = GradCAM(model64, "features.8")(images, targets="all")
+    A, _, _ = reference_acts_grads(model64, images, ["features.8"], [0, 0, 0])
+    W = model64.classifier[1].weight.detach().numpy()  # (K, 1280)
+    a = A["features.8"]
+    classic = np.einsum("kc,bchw->bkhw", W, a)
+    h, w = a.shape[-2:]
+    expected = np.maximum(classic, 0) / (h * w)
+    got = res["features.8"].numpy()
+    assert got.shape == expected.shape == (3, 4, h, w)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6 * expected.max())
+
+
+def test_maps_are_class_discriminative_and_all_matches_single(model, images):
+    cam = GradCAM(model, LAYERS)
+    res_all = cam(images, targets="all")
+    assert res_all.all_classes
+    assert res_all.targets.tolist() == [[0, 1, 2, 3]] * 3
+    for layer in LAYERS:
+        maps = normalise_maps(res_all[layer])  # (B, K, h, w)
+        for b in range(3):
+            for i in range(4):
+                for j in range(i + 1, 4):
+                    assert (maps[b, i] - maps[b, j]).abs().max() > 0.05, (layer, b, i, j)
+    # the one-forward "all" result equals one call per class
+    for k in range(4):
+        single = cam(images, targets=k)
+        picked = res_all.for_class(k)
+        for layer in LAYERS:
+            torch.testing.assert_close(picked[layer], single[layer], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(res_all.logits, single.logits)
+
+
+def test_targets_forms(model, images):
+    cam = GradCAM(model)
+    pred = cam(images)
+    assert pred.targets.tolist() == pred.logits.argmax(1).tolist()
+    assert pred.predictions.tolist() == pred.targets.tolist()
+    torch.testing.assert_close(pred.probs, torch.softmax(pred.logits, 1))
+    per_image = cam(images, targets=torch.tensor([3, 0, 1]))
+    assert per_image.targets.tolist() == [3, 0, 1]
+    same = cam(images, targets=[3, 0, 1])
+    torch.testing.assert_close(same["features.8"], per_image["features.8"])
+    assert cam(images, targets=2).targets.tolist() == [2, 2, 2]
+    for bad in (4, -1, [0, 1], [0.5, 1.0, 2.0], "biggest"):
+        with pytest.raises(ConfigError):
+            cam(images, targets=bad)
+
+
+def test_channels_last_gives_same_maps(model, images):
+    a = GradCAM(model, LAYERS, channels_last=True)(images)
+    b = GradCAM(model, LAYERS, channels_last=False)(images)
+    for layer in LAYERS:
+        np.testing.assert_allclose(normalise_maps(a[layer]).numpy(), normalise_maps(b[layer]).numpy(), atol=1e-4)
+
+
+def test_bf16_autocast_gives_float32_maps_close_to_fp32(model, images):
+    """bf16 autocast (meant for CUDA; CPU autocast runs the same code path)."""
+    fp32 = GradCAM(model, LAYERS)(images)
+    bf16 = GradCAM(model, LAYERS, autocast="bf16")(images, targets=fp32.targets)
+    assert bf16.logits.dtype == torch.float32
+    for layer in LAYERS:
+        assert bf16[layer].dtype == torch.float32
+        r = np.corrcoef(fp32[layer].flatten().numpy(), bf16[layer].flatten().numpy())[0, 1]
+        assert r > 0.95, (layer, r)
+    with pytest.raises(ConfigError):
+        GradCAM(model, autocast="int8")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_maps_match_cpu(model, images):
+    cpu = GradCAM(model, LAYERS)(images)
+    gpu_model = copy.deepcopy(model).cuda()
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # TF32 convs would differ by ~1e-3
+        gpu = GradCAM(gpu_model, LAYERS)(images, targets=cpu.targets)
+    assert gpu["features.8"].is_cuda and gpu.logits.is_cuda
+    for layer in LAYERS:
+        np.testing.assert_allclose(normalise_maps(gpu[layer]).cpu().numpy(), normalise_maps(cpu[layer]).numpy(),
+                                   atol=1e-3)
+    bf16 = GradCAM(gpu_model, LAYERS, autocast="bf16")(images, targets=cpu.targets).cpu()
+    for layer in LAYERS:
+        assert np.corrcoef(cpu[layer].flatten().numpy(), bf16[layer].flatten().numpy())[0, 1] > 0.95
+    assert all(p.grad is None for p in gpu_model.parameters())
+
+
+# ---------------------------------------------------------------------------
+# how it computes
+# ---------------------------------------------------------------------------
+
+
+def test_no_graph_below_shallowest_target_and_no_parameter_grads(model, images):
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen[name] = (output.requires_grad, torch.is_grad_enabled())
+
+        return hook
+
+    probes = {n: model.get_submodule(n) for n in ("features.1", "features.3", "features.5", "features.7")}
+    handles = [m.register_forward_hook(record(n)) for n, m in probes.items()]
+    try:
+        GradCAM(model, ["features.4", "features.8"])(images)
+    finally:
+        for h in handles:
+            h.remove()
+    # before the shallowest target: nothing recorded for autograd
+    assert seen["features.1"] == (False, False)
+    assert seen["features.3"] == (False, False)
+    # after it: the graph runs from the target activation on
+    assert seen["features.5"] == (True, True)
+    assert seen["features.7"] == (True, True)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_grad_mode_hooks_and_train_flags_restored(model, images):
+    m = copy.deepcopy(model)
+    m.train()
+    m.features[3].eval()  # a mixed state must come back exactly
+    modes = [x.training for x in m.modules()]
+    flags = [p.requires_grad for p in m.parameters()]
+    with torch.no_grad():
+        res = GradCAM(m, "stages")(images)
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+    assert len(res.layers) == 9
+    assert [x.training for x in m.modules()] == modes
+    assert [p.requires_grad for p in m.parameters()] == flags
+    assert all(not x._forward_hooks for x in m.modules())
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_hooks_removed_and_state_restored_when_forward_raises(model):
+    m = copy.deepcopy(model)
+    m.train()
+    modes = [x.training for x in m.modules()]
+    cam = GradCAM(m, ["features.2", "features.8"])
+    with pytest.raises(RuntimeError):
+        cam(torch.zeros(1, 1, SIZE, SIZE))  # 1 channel: features.0's conv raises
+
+    def explode(module, inputs, output):
+        raise RuntimeError("boom")
+
+    # raises after features.2's hook fired and switched gradient recording on
+    handle = m.features[5].register_forward_hook(explode)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            cam(torch.zeros(1, 3, SIZE, SIZE))
+    finally:
+        handle.remove()
+    assert torch.is_grad_enabled()
+    assert [x.training for x in m.modules()] == modes
+    assert all(not x._forward_hooks for x in m.modules())
+
+
+def test_frozen_parameters_work_and_stay_frozen(model, images):
+    m = copy.deepcopy(model)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    m.classifier.requires_grad_(True)  # partly frozen: flags must come back as they were
+    flags = [p.requires_grad for p in m.parameters()]
+    frozen = GradCAM(m, LAYERS)(images, targets=[0, 1, 2])
+    normal = GradCAM(model, LAYERS)(images, targets=[0, 1, 2])
+    for layer in LAYERS:
+        torch.testing.assert_close(frozen[layer], normal[layer])
+    assert [p.requires_grad for p in m.parameters()] == flags
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_works_inside_inference_mode_and_as_context_manager(model, images):
+    with GradCAM(model) as cam, torch.inference_mode():
+        res = cam(images)
+        assert torch.is_inference_mode_enabled()
+    expected = GradCAM(model)(images)
+    torch.testing.assert_close(res["features.8"], expected["features.8"])
+    assert repr(cam) == "GradCAM(layers=['features.8'])"
+
+
+# ---------------------------------------------------------------------------
+# layers
+# ---------------------------------------------------------------------------
+
+
+def test_layer_specs_for_efficientnet(model):
+    assert default_layer_name(model) == "features.8"
+    assert [t.name for t in resolve_layers(model)] == ["features.8"]
+    assert stage_names(model) == [f"features.{i}" for i in range(9)]
+    names = [t.name for t in resolve_layers(model, ["features.6", model.features[8], "features.6"])]
+    assert names == ["features.6", "features.8"]
+    with pytest.raises(ConfigError, match="features.8"):
+        resolve_layers(model, "featurs.8")  # the message suggests the right name
+    with pytest.raises(ConfigError):
+        resolve_layers(model, nn.Conv2d(1, 1, 1))
+    with pytest.raises(ConfigError):
+        resolve_layers(model, [])
+
+
+@pytest.mark.parametrize(
+    "builder, expected",
+    [("resnet50", "layer4"), ("densenet121", "features.norm5"), ("convnext_tiny", "features.7")],
+)
+def test_automatic_layer_for_other_cnns(builder, expected):
+    import torchvision
+
+    torch.manual_seed(0)
+    m = getattr(torchvision.models, builder)(weights=None, num_classes=4).eval()
+    assert default_layer_name(m) == expected
+    x = structured_images(2, 64, seed=3)
+    res = LayerCAM(m)(x)  # densenet applies an in-place ReLU to norm5's output
+    assert res.layers == (expected,)
+    assert res[expected].shape == (2, 2, 2)
+    assert torch.isfinite(res[expected]).all()
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_automatic_layer_by_probing_a_plain_cnn():
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+    assert default_layer_name(m) == "3"
+    res = HiResCAM(m)(structured_images(2, 32))
+    assert res["3"].shape == (2, 16, 16)
+    with pytest.raises(ConfigError):
+        stage_names(m)
+
+
+# ---------------------------------------------------------------------------
+# result helpers
+# ---------------------------------------------------------------------------
+
+
+def test_result_helpers(model, images):
+    res = GradCAM(model, LAYERS)(images)
+    norm = res.normalise()
+    for layer in LAYERS:
+        flat = norm[layer].flatten(1)
+        assert torch.allclose(flat.amin(1), torch.zeros(3)) and torch.allclose(flat.amax(1), torch.ones(3))
+    assert normalise_maps(torch.full((1, 3, 3), 7.0)).abs().max() == 0  # constant map -> zeros
+
+    up = res.upsample()
+    assert up["features.4"].shape == (3, SIZE, SIZE)
+    assert res.upsample(32)["features.8"].shape == (3, 32, 32)
+
+    fused = res.fuse("mean")
+    assert fused.layers == ("fused",) and fused["fused"].shape == (3, 8, 8)  # the largest map: features.4
+    manual = torch.stack([
+        torch.nn.functional.interpolate(normalise_maps(res[n])[:, None], size=(8, 8), mode="bilinear",
+                                        align_corners=False)[:, 0]
+        for n in LAYERS
+    ]).mean(0)
+    torch.testing.assert_close(fused["fused"], manual)
+    lc = fuse_maps([res[n] for n in LAYERS], how="layercam", size=SIZE)
+    assert lc.shape == (3, SIZE, SIZE)
+    assert float(lc.max()) <= float(np.tanh(2.0)) + 1e-6
+    with pytest.raises(ConfigError):
+        res.fuse("median")
+
+    geom = compute_geometry((300, 150), SIZE, flip=True)
+    back = res.normalise().to_original(geom, layer="features.8")
+    assert len(back) == 3 and back[0].shape == (300, 150) and back[0].dtype == np.float32
+    expected = geom.to_original(norm["features.8"][0])
+    np.testing.assert_allclose(back[0], expected)
+    with pytest.raises(ConfigError):
+        res.to_original([geom])  # one geometry for three images
+
+    arrays = res.cpu().numpy()
+    assert set(arrays) == {"logits", "probs", "targets", *(f"maps/{n}" for n in LAYERS)}
+    assert arrays["maps/features.8"].dtype == np.float32
+    assert isinstance(res, CAMResult) and len(res) == 3 and res.map() is res["features.8"]
+    with pytest.raises(ConfigError):
+        res.map("features.1")
