@@ -26,6 +26,7 @@ from mammography.analysis.faithfulness import (
     SanityResult,
     cascading_randomisation,
     faithfulness,
+    occlusion_probabilities,
     randomise_modules,
 )
 from mammography.analysis.localisation import (
@@ -418,6 +419,37 @@ def test_deletion_of_the_region_the_model_reads_drops_the_score_faster_than_rand
     assert np.all(w["deletion_auc"] > 0.3)
     assert np.all(np.abs(w["deletion_auc"] - w["random_deletion_auc"]) < 0.2)
     assert len(res.table()) == 2 and list(res.table()["target"]) == [2, 2]
+
+
+def test_occluding_the_region_a_model_reads_flips_its_prediction_and_flags_the_marker():
+    s = 32
+    region = torch.zeros(s, s)
+    region[4:12, 4:12] = 1.0
+    model = RegionModel(region)
+    images = torch.ones(3, 1, s, s)
+    on_region = region.bool().expand(3, s, s).clone()
+    elsewhere = torch.zeros(3, s, s, dtype=torch.bool)
+    elsewhere[:, 20:28, 20:28] = True
+    fill = torch.zeros(3, 1)
+    before = torch.softmax(model(images), 1).detach().numpy()
+    painted = occlusion_probabilities(model, images, on_region, fill, batch_size=2)
+    untouched = occlusion_probabilities(model, images, elsewhere, fill)
+    assert np.allclose(untouched, before) and painted.shape == (3, 2)
+    assert np.all(before[:, 1] > 0.98) and np.all(painted[:, 1] < 0.02)
+    table = pd.DataFrame(
+        {
+            "outside_breast_share": [0.2] * 3,
+            "border_share": [0.05] * 3,
+            "marker_share": [0.0] * 3,  # a CAM that misses the marker entirely
+            "outside_breast_area": [0.5] * 3,
+            "border_area": [0.1] * 3,
+            "marker_area": [0.01] * 3,
+            "marker_occlusion_drop": before[:, 1] - np.array([painted[0, 1], untouched[1, 1], np.nan]),
+        }
+    )
+    s_ = summarise_spurious(table)
+    assert s_["reasons"] == ["marker"] and s_["marker"]["dependence_rate"] == pytest.approx(1 / 3)
+    assert s_["marker"]["enrichment"] == 0.0
 
 
 def test_randomise_modules_is_reproducible_and_leaves_global_rng_alone():

@@ -8,9 +8,6 @@ and the figures and tables, in seconds. What trained models must show is in
 """
 
 import json
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -126,14 +123,22 @@ def test_markers_are_found_in_the_pixels_without_the_manifest_box(runs, phantoms
     ds = MammogramDataset(boxed["image_path"].tolist(), img_size=128)
     for i, (_, row) in enumerate(boxed.iterrows()):
         prepared = ds.prepared(i)
-        regions, _, _ = image_regions(prepared.square, prepared.geometry, (160, 128))
+        found = image_regions(prepared.square, prepared.geometry, (160, 128))
         r0, c0, r1, c1 = parse_bbox(row["artifact_bbox"])
-        markers = regions.markers()
+        markers = found.regions.markers()
         assert markers[r0:r1, c0:c1].mean() > 0.9  # grid = original size here
-        assert regions.n_markers >= 2  # the square and the burned-in "L CC" text
+        assert found.regions.n_markers >= 2  # the square and the burned-in "L CC" text
+        # in model space the mask covers the square's bright pixels as the model sees them (flipped for R)
+        bright = prepared.square > 0.8
+        assert found.markers_model[bright & ~_breast_in_square(row, prepared)].all()
         breast = np.asarray(Image.open(row["breast_mask_path"])) > 0
         assert (markers & breast).mean() < 0.01
     del run
+
+
+def _breast_in_square(row, prepared):
+    breast = np.asarray(Image.open(row["breast_mask_path"])) > 0
+    return prepared.geometry.to_model(breast.astype(np.float32)) > 0.01
 
 
 def test_a_run_compared_with_itself_agrees_everywhere(analyses):
@@ -165,7 +170,7 @@ def test_consistency_figure_and_tables(analyses):
     assert layout.min_font_pt >= 6.0
     assert "seeds 42, 43" in caption
     spng, slayout, scaption = render_spurious_figure(a, n=3)
-    assert spng[:4] == b"\x89PNG" and slayout.rows[0].n_tiles == 3 and "seed-42" in scaption
+    assert spng[:4] == b"\x89PNG" and slayout.rows[0].n_tiles == 3 and "seed 42 model" in scaption
 
     text = render_analysis_tables([a, b], result)
     keys = [t.key for t in text.tables]
@@ -186,20 +191,20 @@ def test_roi_mask_that_does_not_fit_the_image_is_a_clear_error(runs, phantoms, t
         analyze_run(run, AnalysisOptions(device="cpu"))
 
 
-def test_cli_analyze_two_runs(runs, tmp_path):
+def test_cli_analyze_two_runs(runs, tmp_path, capsys):
+    from mammography.cli import main
+
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "mammography", "analyze", "--run", str(runs[0]), str(runs[1]), "--out", str(out),
-         "--device", "cpu", "--no-progress", "--max-images", "6", "--cache-dir", str(tmp_path / "cache")],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "consistency:" in proc.stdout and "seed 42:" in proc.stdout
+    code = main(["analyze", "--run", str(runs[0]), str(runs[1]), "--out", str(out), "--device", "cpu", "--no-progress",
+                 "--max-images", "6", "--cache-dir", str(tmp_path / "cache")])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "consistency:" in printed and "seed 42:" in printed and f"wrote {out / 'consistency.csv'}" in printed
     for name in ("consistency.csv", "consistency_summary.json", "density_gradcam_consistency.png",
                  "density_gradcam_spurious_seed42.png", "attention_tables.tex", "attention_tables.md",
                  "42/attention_per_image.csv", "43/attention_summary.json"):
         assert (out / name).is_file(), name
     assert len(pd.read_csv(out / "consistency.csv")) == 6
-    missing = subprocess.run([sys.executable, "-m", "mammography", "analyze", "--run", str(tmp_path / "nope")],
-                             capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert main(["analyze", "--run", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "nope" in err

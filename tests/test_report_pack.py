@@ -115,6 +115,36 @@ def test_rows_say_how_many_images_a_class_has(packed):
     assert [r.key for r in layers.rows] == ["features.4", "features.6", "features.8", "fused"]
 
 
+def test_tiles_show_the_whole_image_unflipped_with_the_heatmap_aligned(trained):
+    """A model-space heatmap equal to the breast mask lands on the breast of the displayed original image."""
+    from mammography.report.pack import DisplayImages, evaluate_run
+    from mammography.runs import load_run
+
+    _, run_dir, cache = trained
+    run = load_run(run_dir)
+    ev = evaluate_run(run, ReportOptions(device="cpu", cache_dir=cache, progress=False, layers=("features.8",)))
+    table = run.predictions
+    images = DisplayImages()
+    checked = 0
+    for laterality in ("L", "R"):
+        i = int(np.flatnonzero(table["laterality"].to_numpy() == laterality)[0])
+        mask = np.asarray(Image.open(table.loc[i, "breast_mask_path"]), dtype=np.float32) > 0
+        geometry = ev.dataset.geometry(i)
+        assert geometry.flipped == (laterality == "R")  # right breasts are mirrored for the model
+        model_mask = geometry.to_model(mask.astype(np.float32))
+        tile = images.tile(ev, i, heatmap=model_mask)
+        assert tile.image.shape == mask.shape  # whole image, original size (<= 1024 px), aspect kept
+        inside = tile.heatmap > 0.5
+        iou = (inside & mask).sum() / (inside | mask).sum()
+        assert iou > 0.9, (laterality, iou)
+        # the picture is not mirrored: the breast (bright) is where the original mask says
+        assert tile.image[mask].mean() > tile.image[~mask].mean() + 0.1
+        flipped_iou = (inside & mask[:, ::-1]).sum() / (inside | mask[:, ::-1]).sum()
+        assert flipped_iou < iou - 0.2
+        checked += 1
+    assert checked == 2
+
+
 def test_predictions_agree_and_run_dir_is_untouched(packed):
     _, result, before, run_dir, _ = packed
     (check,) = result.checks

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
 from mammography.errors import ConfigError
 from mammography.io.geometry import Geometry, compute_geometry
@@ -190,6 +190,16 @@ def map_to_grid(heatmap: np.ndarray | torch.Tensor, geometry: Geometry, shape: t
     return frame.to_original(heatmap)
 
 
+def _box_coverage(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Fraction of each target pixel covered by ``mask`` (exact box/area resampling, PIL's BOX filter)."""
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ConfigError(f"expected a 2-D mask, got shape {m.shape}")
+    h, w = (int(v) for v in shape)
+    image = Image.fromarray(np.ascontiguousarray(m > 0, dtype=np.float32), mode="F")
+    return np.asarray(image.resize((w, h), Image.Resampling.BOX), dtype=np.float32)
+
+
 def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Area-resample a boolean (or 0/1) mask to ``shape``; a pixel is in when at least half covered.
 
@@ -198,17 +208,13 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     bool (*shape).
     """
     m = np.asarray(mask)
-    if m.ndim != 2:
-        raise ConfigError(f"expected a 2-D mask, got shape {m.shape}")
     if m.shape == tuple(shape):
         return m.astype(bool)
-    t = torch.as_tensor(np.ascontiguousarray(m > 0), dtype=torch.float32)[None, None]
-    t = F.interpolate(t, size=tuple(int(v) for v in shape), mode="area")
-    return (t[0, 0] >= 0.5).numpy()
+    return _box_coverage(m, shape) >= 0.5 - 1e-6
 
 
 def resize_mask_any(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resample a mask to ``shape`` keeping every pixel that touches it (max pooling).
+    """Resample a mask to ``shape`` keeping every pixel that touches it.
 
     Used for thin structures such as burned-in text, which area resampling
     would erase.
@@ -216,9 +222,7 @@ def resize_mask_any(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     m = np.asarray(mask)
     if m.shape == tuple(shape):
         return m.astype(bool)
-    t = torch.as_tensor(np.ascontiguousarray(m > 0), dtype=torch.float32)[None, None]
-    t = F.interpolate(t, size=tuple(int(v) for v in shape), mode="area")
-    return (t[0, 0] > 0).numpy()
+    return _box_coverage(m, shape) > 1e-6
 
 
 @dataclass(frozen=True)

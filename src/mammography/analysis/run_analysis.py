@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from mammography.analysis.consistency import (
     ConsistencyThresholds,
@@ -67,6 +68,7 @@ from mammography.analysis.faithfulness import (
     cam_explainer,
     cascading_randomisation,
     faithfulness,
+    occlusion_probabilities,
 )
 from mammography.analysis.localisation import (
     ATTENTION_THRESHOLD,
@@ -94,6 +96,8 @@ __all__ = [
     "DENSE_SOURCES",
     "AnalysisOptions",
     "ImageRegions",
+    "ImageMasks",
+    "image_regions",
     "RunAnalysis",
     "ConsistencyResult",
     "analyze_run",
@@ -149,6 +153,9 @@ class AnalysisOptions:
     border_fraction : width of the border band, fraction of the image side.
     spurious : :class:`SpuriousThresholds`.
     max_images : analyse only the first N validation images (by path), for quick looks.
+    marker_occlusion : also paint each image's markers with its background
+        level and record how much the predicted class's probability drops
+        (one forward pass per image with markers; needs the model).
     faithfulness, faithfulness_images, faithfulness_steps, faithfulness_baseline :
         run deletion/insertion on a seeded sample of this many images, with
         this many steps and this baseline (``zero``, ``blur``, ``mean``).
@@ -171,6 +178,7 @@ class AnalysisOptions:
     border_fraction: float = BORDER_FRACTION
     spurious: SpuriousThresholds = SpuriousThresholds()
     max_images: int | None = None
+    marker_occlusion: bool = True
     faithfulness: bool = False
     faithfulness_images: int = 16
     faithfulness_steps: int = 20
@@ -325,17 +333,22 @@ class RunAnalysis:
           ``faithfulness_per_image.csv`` (with faithfulness).
         """
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        written = [_write_csv(out / ANALYSIS_FILES["per_image"], self.table)]
-        written.append(_write_json(out / ANALYSIS_FILES["summary"], self.summary))
-        written.append(_write_npz(out / ANALYSIS_FILES["arrays"], self._arrays()))
+        return [_atomic_bytes(out / name, data) for name, data in self.files().items()]
+
+    def files(self) -> dict[str, bytes]:
+        """The contents :meth:`write` writes, by file name (for a caller's all-or-nothing batch)."""
+        files = {
+            ANALYSIS_FILES["per_image"]: _csv_bytes(self.table),
+            ANALYSIS_FILES["summary"]: _json_bytes(self.summary),
+            ANALYSIS_FILES["arrays"]: _npz_bytes(self._arrays()),
+        }
         if self.localisation is not None:
-            written.append(_write_csv(out / ANALYSIS_FILES["localisation"], self.localisation))
+            files[ANALYSIS_FILES["localisation"]] = _csv_bytes(self.localisation)
         if self.patterns is not None:
-            written.append(_write_csv(out / ANALYSIS_FILES["patterns"], self.patterns))
+            files[ANALYSIS_FILES["patterns"]] = _csv_bytes(self.patterns)
         if self.faithfulness is not None:
-            written.append(_write_csv(out / ANALYSIS_FILES["faithfulness"], self.faithfulness.table()))
-        return written
+            files[ANALYSIS_FILES["faithfulness"]] = _csv_bytes(self.faithfulness.table())
+        return files
 
     def _arrays(self) -> dict:
         return {
@@ -371,11 +384,14 @@ class ConsistencyResult:
     def write(self, out_dir: str | Path) -> list[Path]:
         """Write ``consistency.csv`` and ``consistency_summary.json`` into ``out_dir``."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        return [
-            _write_csv(out / CONSISTENCY_FILES["table"], self.table),
-            _write_json(out / CONSISTENCY_FILES["summary"], self.summary),
-        ]
+        return [_atomic_bytes(out / name, data) for name, data in self.files().items()]
+
+    def files(self) -> dict[str, bytes]:
+        """The contents :meth:`write` writes, by file name."""
+        return {
+            CONSISTENCY_FILES["table"]: _csv_bytes(self.table),
+            CONSISTENCY_FILES["summary"]: _json_bytes(self.summary),
+        }
 
 
 # ---------------------------------------------------------------------------
@@ -419,20 +435,20 @@ def _clean(value):
     return value
 
 
-def _write_json(path: Path, obj) -> Path:
-    return _atomic_bytes(path, (json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n").encode("utf-8"))
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(_clean(obj), indent=2) + "\n").encode("utf-8")
 
 
-def _write_csv(path: Path, table: pd.DataFrame) -> Path:
-    return _atomic_bytes(path, table.to_csv(index=False, lineterminator="\n", float_format="%.6g").encode("utf-8"))
+def _csv_bytes(table: pd.DataFrame) -> bytes:
+    return table.to_csv(index=False, lineterminator="\n", float_format="%.6g").encode("utf-8")
 
 
-def _write_npz(path: Path, arrays: dict) -> Path:
+def _npz_bytes(arrays: dict) -> bytes:
     import io
 
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    return _atomic_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def _ragged(parts: list[np.ndarray]) -> np.ndarray:
@@ -508,6 +524,28 @@ def _merge_manifest(table: pd.DataFrame, manifest: Path | None) -> pd.DataFrame:
     return out
 
 
+@dataclass(frozen=True)
+class ImageMasks:
+    """What :func:`image_regions` finds in one image.
+
+    Attributes
+    ----------
+    regions : breast and marker masks on the analysis grid (bit-packed).
+    breast : bool breast mask on the grid.
+    image : the image on the grid, [0, 1] (None when not asked for).
+    markers_model : bool (S, S) marker mask in model space (laterality flip
+        and padding as the model sees it), for occlusion.
+    background : the image's background level (median outside the breast
+        and the markers), [0, 1].
+    """
+
+    regions: ImageRegions
+    breast: np.ndarray
+    image: np.ndarray | None
+    markers_model: np.ndarray
+    background: float
+
+
 def image_regions(
     square: np.ndarray,
     geometry: Geometry,
@@ -515,8 +553,9 @@ def image_regions(
     *,
     breast_mask_path=None,
     artifact_bbox=None,
-) -> tuple[ImageRegions, np.ndarray, np.ndarray]:
-    """Breast and marker masks of one image on its grid, plus the grid image.
+    with_image: bool = True,
+) -> ImageMasks:
+    """Breast and marker masks of one image on its grid, and what occlusion needs.
 
     Parameters
     ----------
@@ -527,17 +566,18 @@ def image_regions(
         (then the breast is segmented with :func:`mammography.io.breast_mask`).
     artifact_bbox : ``(r0, c0, r1, c1)`` in original pixels (or a manifest
         cell), added to the detected markers.
+    with_image : also resample the image onto the grid (``ImageMasks.image``; else None).
 
     Returns
     -------
-    (regions, breast (grid), image (grid, [0, 1]))
+    ImageMasks
     """
     from mammography.io import breast_mask
 
     # the image at model resolution in its own orientation: fine enough for thin marker strokes
     frame = dataclasses.replace(geometry, original_shape=tuple(geometry.resized_shape))
     display = np.clip(frame.to_original(square), 0.0, 1.0)
-    image = np.clip(map_to_grid(square, geometry, grid), 0.0, 1.0)
+    image = np.clip(map_to_grid(square, geometry, grid), 0.0, 1.0) if with_image else None
     if not _is_missing(breast_mask_path):
         breast_full = _read_mask(breast_mask_path, "breast mask")
         breast = _mask_on_grid(breast_full, geometry.original_shape, grid, breast_mask_path, "breast mask")
@@ -546,17 +586,25 @@ def image_regions(
         breast_model = breast_mask(display)
         breast = resize_mask(breast_model, grid)
     markers_model, n_markers = detect_markers(display, breast_model)
-    markers = resize_mask_any(markers_model, grid)
     bbox = parse_bbox(artifact_bbox) if not _is_missing(artifact_bbox) else None
     if bbox is not None:
         H, W = geometry.original_shape
-        sr, sc = grid[0] / H, grid[1] / W
-        box = (math.floor(bbox[0] * sr), math.floor(bbox[1] * sc), math.ceil(bbox[2] * sr), math.ceil(bbox[3] * sc))
-        known = bbox_mask(grid, box)
-        if not (known & markers).any():  # the detector missed it: one more marker
+        h, w = display.shape
+        box = (math.floor(bbox[0] * h / H), math.floor(bbox[1] * w / W), math.ceil(bbox[2] * h / H), math.ceil(bbox[3] * w / W))
+        known = bbox_mask(display.shape, box)
+        if not (known & markers_model).any():  # the detector missed it: one more marker
             n_markers += 1
-        markers |= known
-    return ImageRegions.from_masks(breast, markers, n_markers), breast, image
+        markers_model |= known
+    markers = resize_mask_any(markers_model, grid)
+    rest = ~(breast_model | markers_model)
+    background = float(np.median(display[rest])) if rest.any() else 0.0
+    # into the model square: flip as the model saw it, pad; a pixel of margin covers the resampling halo
+    in_square = np.zeros((geometry.size, geometry.size), dtype=bool)
+    (top, left), (h, w) = geometry.offset, geometry.resized_shape
+    in_square[top : top + h, left : left + w] = markers_model[:, ::-1] if geometry.flipped else markers_model
+    if in_square.any():
+        in_square = ndimage.binary_dilation(in_square, iterations=1)
+    return ImageMasks(ImageRegions.from_masks(breast, markers, n_markers), breast, image, in_square, background)
 
 
 # ---------------------------------------------------------------------------
@@ -699,26 +747,30 @@ def analyze_maps(
     if not (len(rows) == n == len(maps) == len(probs)):
         raise ConfigError(f"{len(rows)} prediction rows, {n} images, {len(maps)} maps and {len(probs)} probability rows differ")
     paths = [str(p) for p in dataset.paths]
-    if [str(p) for p in rows["image_path"]] != paths:
+    if [str(Path(p)) for p in rows["image_path"]] != paths:
         raise ConfigError("the prediction rows are not in the dataset's image order")
     if options.faithfulness or options.sanity:
         if model is None:
             raise ConfigError("faithfulness and sanity checks need the model")
     y_pred = probs.argmax(axis=1) + 1 if n else np.zeros(0, int)
-    records, regions, geometries = [], [], []
+    records, regions, geometries, occlusion_jobs = [], [], [], []
     dense_sources, roi_count = set(), 0
     for i in range(n):
         prepared = dataset.prepared(i)
         geom = prepared.geometry
         grid = grid_shape(geom.original_shape, options.analysis_size)
         row = rows.iloc[i]
-        reg, breast, image = image_regions(
+        masks = image_regions(
             prepared.square,
             geom,
             grid,
             breast_mask_path=row.get("breast_mask_path"),
             artifact_bbox=row.get("artifact_bbox"),
+            with_image=False,  # only the dense-tissue estimate needs it (computed below when used)
         )
+        reg, breast, image = masks.regions, masks.breast, masks.image
+        if masks.markers_model.any():
+            occlusion_jobs.append((i, masks.markers_model, masks.background))
         heat = map_to_grid(maps[i], geom, grid)
         rec = {
             "image_path": paths[i],
@@ -747,6 +799,8 @@ def analyze_maps(
         )
         if options.dense_source == "roi" and roi is None:
             raise ConfigError(f"--dense-source roi needs an ROI mask for every image; none for {paths[i]}")
+        if not use_roi and image is None:
+            image = np.clip(map_to_grid(prepared.square, geom, grid), 0.0, 1.0)
         dense = roi if use_roi else estimate_dense_tissue(image, breast)
         dense_sources.add("roi" if use_roi else "estimate")
         rec.update(pattern_metrics(heat, breast, dense, options.attention_threshold).to_dict())
@@ -754,6 +808,10 @@ def analyze_maps(
         regions.append(reg)
         geometries.append(geom)
     table = pd.DataFrame(records)
+    t_occlusion = time.perf_counter()
+    if n and model is not None and options.marker_occlusion:
+        table = table.join(_marker_occlusion(model, dataset, occlusion_jobs, probs, y_pred, run, options))
+    t_occlusion = time.perf_counter() - t_occlusion
     if n:
         table = pd.concat([table, image_flags(table, options.spurious)], axis=1)
     t_metrics = time.perf_counter() - t0
@@ -796,6 +854,7 @@ def analyze_maps(
         "sanity": None if sanity is None else sanity.summary(),
         "timings": {
             "metrics_seconds": round(t_metrics, 3),
+            "occlusion_seconds": round(t_occlusion, 3),
             "faithfulness_seconds": round(t_faith, 3),
             "sanity_seconds": round(t_sanity, 3),
         },
@@ -819,6 +878,35 @@ def analyze_maps(
         sanity=sanity,
         dataset=dataset,
     )
+
+
+def _marker_occlusion(model, dataset, jobs, probs, y_pred, run, options: AnalysisOptions) -> pd.DataFrame:
+    """Per image with markers: probability of the predicted class with the markers painted over.
+
+    Returns a frame indexed like the per-image table with ``marker_occlusion_prob``,
+    ``marker_occlusion_drop`` (before minus after) and ``marker_occlusion_flip``
+    (the predicted class changes); NaN / False for images without markers.
+    """
+    n = len(y_pred)
+    out = pd.DataFrame(
+        {"marker_occlusion_prob": np.full(n, np.nan), "marker_occlusion_drop": np.full(n, np.nan),
+         "marker_occlusion_flip": np.zeros(n, dtype=bool)}
+    )
+    mean = torch.tensor(run.mean, dtype=torch.float32)
+    std = torch.tensor(run.std, dtype=torch.float32)
+    for start in range(0, len(jobs), options.batch_size):
+        chunk = jobs[start : start + options.batch_size]
+        idx = [i for i, _, _ in chunk]
+        images = torch.stack([dataset[i]["image"] for i in idx])
+        masks = np.stack([m for _, m, _ in chunk])
+        fill = torch.stack([(torch.full((3,), float(b)) - mean) / std for _, _, b in chunk])
+        after = occlusion_probabilities(model, images, masks, fill, batch_size=options.batch_size)
+        for k, i in enumerate(idx):
+            c = int(y_pred[i]) - 1
+            out.loc[i, "marker_occlusion_prob"] = after[k, c]
+            out.loc[i, "marker_occlusion_drop"] = probs[i, c] - after[k, c]
+            out.loc[i, "marker_occlusion_flip"] = int(after[k].argmax()) != c
+    return out
 
 
 def _inputs(dataset, idx: np.ndarray) -> torch.Tensor:

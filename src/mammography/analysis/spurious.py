@@ -76,7 +76,15 @@ class SpuriousThresholds:
     border : float, default 0.2
         ... in the border band (about twice what a uniform map puts there).
     marker_enrichment : float, default 3.0
-        ... when its share on markers exceeds this many times the markers' area share.
+        ... when its share on markers exceeds this many times the markers' area share,
+    marker_dependence : float, default 0.25
+        ... or when painting its markers with the background lowers the
+        probability of the predicted class by more than this (the
+        ``marker_occlusion_drop`` column, present when the model was
+        available). A CAM can miss a marker the model relies on: at 128 px
+        the last block of EfficientNet-B0 has 4 x 4 cells, and a model that
+        predicted class 4 from a 2-pixel square alone still had its Grad-CAM
+        maximum in the breast.
     max_flag_rate : float, default 0.1
         A run is flagged for a kind when more than this share of its images
         is flagged for it (a shortcut usually concerns one class only), or
@@ -87,10 +95,11 @@ class SpuriousThresholds:
     outside_breast: float = 0.7
     border: float = 0.2
     marker_enrichment: float = 3.0
+    marker_dependence: float = 0.25
     max_flag_rate: float = 0.1
 
     def __post_init__(self):
-        for name in ("outside_breast", "border", "max_flag_rate"):
+        for name in ("outside_breast", "border", "max_flag_rate", "marker_dependence"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ConfigError(f"spurious-attention threshold {name}={value} must be in (0, 1]")
@@ -190,6 +199,7 @@ def detect_markers(
     breast: np.ndarray,
     *,
     min_contrast: float = 0.25,
+    bright_fraction: float = 0.3,
     max_area_fraction: float = 0.02,
     merge_fraction: float = 0.01,
     min_pixels: int = 4,
@@ -201,11 +211,13 @@ def detect_markers(
     pixels : float (H, W) in [0, 1], dense = bright (as read by
         :func:`mammography.io.read_mammogram`).
     breast : bool (H, W) breast mask of the same image.
-    min_contrast : a pixel outside the breast is *bright* when it lies above
-        the midpoint between the background level (median outside the
-        breast) and the brightest pixel outside the breast, and that
-        brightest pixel is at least ``min_contrast`` above the background.
-        Images with nothing bright outside the breast have no markers.
+    min_contrast : images whose brightest pixel outside the breast is less
+        than this above the background level (the median outside the breast)
+        have no markers.
+    bright_fraction : a pixel outside the breast (and at least 2 px away
+        from it) is *bright* when it lies more than this fraction of the way
+        from the background level to that brightest pixel. 0.3 keeps thin,
+        antialiased text next to a saturated square.
     max_area_fraction : a group whose bounding box covers more than this
         fraction of the image is not a marker (e.g. a part of the breast the
         mask missed).
@@ -221,14 +233,15 @@ def detect_markers(
     """
     p = np.asarray(pixels, dtype=np.float32)
     b = check_region(breast, p.shape, "breast mask")
-    outside = ~b
+    # two pixels of margin: the resampled skin line is not a marker
+    outside = ~ndimage.binary_dilation(b, iterations=2) if b.any() else np.ones(p.shape, dtype=bool)
     if not outside.any():
         return np.zeros(p.shape, dtype=bool), 0
     values = p[outside]
     background, peak = float(np.median(values)), float(values.max())
     if peak - background < min_contrast:
         return np.zeros(p.shape, dtype=bool), 0
-    bright = outside & (p > background + 0.5 * (peak - background))
+    bright = outside & (p > background + bright_fraction * (peak - background))
     merge = max(1, int(round(merge_fraction * max(p.shape))))
     grown = ndimage.binary_dilation(bright, structure=np.ones((3, 3), bool), iterations=merge)
     labels, n = ndimage.label(grown, structure=np.ones((3, 3), bool))
@@ -295,13 +308,16 @@ def image_flags(table: pd.DataFrame, thresholds: SpuriousThresholds = SpuriousTh
     """Per-image ``marker_enrichment``, booleans ``{kind}_flag`` and ``spurious_flag`` (any kind).
 
     ``table`` has the columns ``{kind}_share`` and ``{kind}_area`` for every
-    kind in :data:`SPURIOUS_KINDS`. Undefined values (no mass, no marker) are
-    not flagged.
+    kind in :data:`SPURIOUS_KINDS`, optionally ``marker_occlusion_drop``.
+    Undefined values (no mass, no marker) are not flagged.
     """
     out = pd.DataFrame(index=table.index)
     out["marker_enrichment"] = _measure(table, "marker")
     for kind in SPURIOUS_KINDS:
         out[f"{kind}_flag"] = np.nan_to_num(_measure(table, kind), nan=-np.inf) > thresholds.value(kind)
+    if "marker_occlusion_drop" in table.columns:
+        drop = np.nan_to_num(table["marker_occlusion_drop"].to_numpy(dtype=float), nan=-np.inf)
+        out["marker_flag"] |= drop > thresholds.marker_dependence
     out["spurious_flag"] = out[[f"{k}_flag" for k in SPURIOUS_KINDS]].any(axis=1)
     return out
 
@@ -321,7 +337,8 @@ def summarise_spurious(
     dict with, per kind, ``mean``, ``low``, ``high`` (mean share, 95 %
     bootstrap CI), ``area`` (mean area fraction, the uniform-map share),
     ``enrichment`` (markers only: mean enrichment over images with markers,
-    with ``enrichment_low``/``enrichment_high``), ``threshold``,
+    with ``enrichment_low``/``enrichment_high``; and with occlusion results
+    ``occlusion_drop`` (mean, CI) and ``dependence_rate``), ``threshold``,
     ``image_flag_rate`` and ``flagged``; plus ``image_flag_rate`` (any kind),
     ``flagged`` (any kind), ``reasons`` (kinds flagged), ``n_images`` and the
     ``thresholds``.
@@ -346,6 +363,15 @@ def summarise_spurious(
             e = bootstrap_mean_ci(flags["marker_enrichment"].to_numpy(dtype=float), seed=seed)
             entry.update(enrichment=e.mean, enrichment_low=e.low, enrichment_high=e.high)
             level = e.mean
+            if "marker_occlusion_drop" in table.columns:
+                drop = table["marker_occlusion_drop"].to_numpy(dtype=float)
+                d = bootstrap_mean_ci(drop, seed=seed)
+                entry.update(
+                    occlusion_drop=d.mean,
+                    occlusion_drop_low=d.low,
+                    occlusion_drop_high=d.high,
+                    dependence_rate=float(np.mean(np.nan_to_num(drop, nan=-np.inf) > thresholds.marker_dependence)),
+                )
         flagged = bool(
             (np.isfinite(level) and level > thresholds.value(kind)) or (n and rate > thresholds.max_flag_rate)
         )

@@ -39,6 +39,7 @@ __all__ = [
     "TABLE_FILES",
     "analysis_tables",
     "render_analysis_tables",
+    "analysis_report_files",
     "write_analysis_report",
 ]
 
@@ -114,8 +115,9 @@ def _consistency_table(result: ConsistencyResult) -> AnalysisTable:
         key="consistency",
         label="tab:attention-consistency",
         caption=(
-            f"Cross-seed consistency of Grad-CAM over the validation images shared by seeds "
-            f"{', '.join(result.labels)}. Similarities are means over images of the mean over seed pairs, "
+            f"Cross-seed consistency of Grad-CAM over the validation images shared by "
+            f"{'seeds' if all(str(x).isdigit() for x in result.labels) else 'runs'} {', '.join(result.labels)}. "
+            f"Similarities are means over images of the mean over seed pairs, "
             f"inside the breast; an image is high agreement when all seeds predict the same class, every pair "
             f"has \u03c1 \u2265 {th['min_rank_correlation']:.2f} and IoU \u2265 {th['min_top_iou']:.2f}, and "
             f"no seed attends to a marker or the image border."
@@ -133,7 +135,11 @@ def _spurious_table(analyses, labels) -> AnalysisTable:
             continue
         cells = [label]
         for kind in ("outside_breast", "border", "marker"):
-            cells.append(f"{_ci(s[kind])} ({_num(s[kind]['area'])})")
+            digits = 3 if kind == "marker" else 2
+            cells.append(f"{_ci(s[kind], digits)} ({_num(s[kind]['area'], digits)})")
+        marker = s["marker"]
+        cells.append(_DASH if marker.get("occlusion_drop") is None else
+                     f"{_num(marker['occlusion_drop'])} ({_pct(marker.get('dependence_rate'))})")
         cells.append(_pct(s["image_flag_rate"]))
         cells.append("yes: " + ", ".join(r.replace("_", " ") for r in s["reasons"]) if s["flagged"] else "no")
         rows.append(tuple(cells))
@@ -144,15 +150,24 @@ def _spurious_table(analyses, labels) -> AnalysisTable:
         caption=(
             "Share of Grad-CAM mass outside the breast, in the border band (3 % of each image side) and on "
             "burned-in markers found in the image, mean over validation images [95 % CI]; in parentheses the "
-            "share a uniform map would get. An image is flagged when more than "
+            "share a uniform map would get. Drop without markers: mean fall of the predicted class's probability "
+            "when the markers are painted with the background (share of images above the threshold). "
+            "An image is flagged when more than "
             f"{_pct(th.get('outside_breast'))} of its mass lies outside the breast, more than "
             f"{_pct(th.get('border'))} in the border band, or its share on markers exceeds "
-            f"{_num(th.get('marker_enrichment'), 1)} times their area; a run is flagged when more than "
+            f"{_num(th.get('marker_enrichment'), 1)} times their area or painting the markers over lowers the "
+            f"predicted class's probability by more than {_num(th.get('marker_dependence'))}; a run is flagged "
+            "when more than "
             f"{_pct(th.get('max_flag_rate'))} of its images are flagged for one kind or its mean exceeds the threshold."
         ),
-        headers=("Seed", "Outside breast", "Border band", "Markers", "Images flagged", "Run flagged"),
+        headers=(_first_header(labels), "Outside breast", "Border band", "Markers", "Drop without markers",
+                 "Images flagged", "Run flagged"),
         rows=tuple(rows),
     )
+
+
+def _first_header(labels) -> str:
+    return "Seed" if all(str(lab).isdigit() for lab in labels) else "Run"
 
 
 def _group_label(label: str, group: str, many: bool) -> str:
@@ -260,7 +275,7 @@ def _faithfulness_table(analyses, labels) -> AnalysisTable | None:
             "Spearman \u03c1 between the trained model's maps and the maps after re-initialising the head, then "
             "each of the last blocks in turn; the check passes when the final \u03c1 is low."
         ),
-        headers=("Seed", "Deletion AUC vs random", "Insertion AUC vs random", "Beats random",
+        headers=(_first_header(labels), "Deletion AUC vs random", "Insertion AUC vs random", "Beats random",
                  "Randomisation \u03c1", "Sanity"),
         rows=tuple(rows),
     )
@@ -336,6 +351,54 @@ def render_analysis_tables(analyses: list[RunAnalysis], consistency: Consistency
 TABLE_FILES = {"latex": "attention_tables.tex", "markdown": "attention_tables.md"}
 
 
+def analysis_report_files(
+    analyses: list[RunAnalysis],
+    consistency: ConsistencyResult | None = None,
+    labels: list[str] | None = None,
+    *,
+    figures: bool = True,
+    n_consistency: int = 3,
+    n_spurious: int = 4,
+    colormap: str = "jet",
+    alpha: float = 0.4,
+) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Figures and tables of the analyses as file contents, for an all-or-nothing batch.
+
+    Returns
+    -------
+    (files, captions): ``files`` maps a file name to its bytes:
+    ``density_gradcam_consistency.png`` (when ``consistency`` is given),
+    ``density_gradcam_spurious_seed{label}.png`` per run with images,
+    ``attention_tables.tex`` and ``attention_tables.md``; ``captions`` maps
+    each figure's name to its caption.
+    """
+    from mammography.report.consistency_figure import (
+        CONSISTENCY_FIGURE,
+        SPURIOUS_FIGURE,
+        render_consistency_figure,
+        render_spurious_figure,
+    )
+
+    labels = labels or (run_labels(analyses) if len(analyses) > 1 else
+                        [str(a.seed if a.seed is not None else a.run_id) for a in analyses])
+    files: dict[str, bytes] = {}
+    captions: dict[str, str] = {}
+    if figures and consistency is not None:
+        png, _, caption = render_consistency_figure(consistency, n_consistency, colormap=colormap, alpha=alpha)
+        files[CONSISTENCY_FIGURE], captions[CONSISTENCY_FIGURE] = png, caption
+    if figures:
+        for label, analysis in zip(labels, analyses):
+            if len(analysis.table):
+                name = SPURIOUS_FIGURE.format(label=label)
+                png, _, caption = render_spurious_figure(analysis, n_spurious, label=label, colormap=colormap,
+                                                         alpha=alpha)
+                files[name], captions[name] = png, caption
+    text = render_analysis_tables(analyses, consistency)
+    files[TABLE_FILES["latex"]] = text.latex.encode("utf-8")
+    files[TABLE_FILES["markdown"]] = text.markdown.encode("utf-8")
+    return files, captions
+
+
 def write_analysis_report(
     result,
     *,
@@ -345,34 +408,14 @@ def write_analysis_report(
     colormap: str = "jet",
     alpha: float = 0.4,
 ) -> list:
-    """Write the figures and tables of an :class:`~mammography.analysis.run_analysis.AnalyzeResult`.
+    """Write :func:`analysis_report_files` of an :class:`~mammography.analysis.run_analysis.AnalyzeResult`
+    into ``result.out_dir`` (each file atomically); the paths are returned and appended to ``result.written``."""
+    from mammography.report.files import atomic_write_bytes
 
-    Into ``result.out_dir``: ``density_gradcam_consistency.png`` (two or
-    more runs sharing images), ``density_gradcam_spurious_seed{label}.png``
-    per run, ``attention_tables.tex`` and ``attention_tables.md``. Each file
-    is written atomically; the paths are returned and appended to
-    ``result.written``.
-    """
-    from mammography.report.consistency_figure import (
-        CONSISTENCY_FIGURE,
-        SPURIOUS_FIGURE,
-        render_consistency_figure,
-        render_spurious_figure,
+    files, _ = analysis_report_files(
+        result.analyses, result.consistency, result.labels, figures=figures, n_consistency=n_consistency,
+        n_spurious=n_spurious, colormap=colormap, alpha=alpha,
     )
-    from mammography.report.files import atomic_write_bytes, atomic_write_text
-
-    out = result.out_dir
-    written = []
-    if figures and result.consistency is not None:
-        png, _, _ = render_consistency_figure(result.consistency, n_consistency, colormap=colormap, alpha=alpha)
-        written.append(atomic_write_bytes(out / CONSISTENCY_FIGURE, png))
-    if figures:
-        for label, analysis in zip(result.labels, result.analyses):
-            if len(analysis.table):
-                png, _, _ = render_spurious_figure(analysis, n_spurious, colormap=colormap, alpha=alpha)
-                written.append(atomic_write_bytes(out / SPURIOUS_FIGURE.format(label=label), png))
-    text = render_analysis_tables(result.analyses, result.consistency)
-    written.append(atomic_write_text(out / TABLE_FILES["latex"], text.latex))
-    written.append(atomic_write_text(out / TABLE_FILES["markdown"], text.markdown))
+    written = [atomic_write_bytes(result.out_dir / name, data) for name, data in files.items()]
     result.written.extend(written)
     return written

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from mammography.analysis.consistency import HIGH_AGREEMENT, REASON_ARTEFACT, REASON_PREDICTIONS, REASON_REGIONS
+from mammography.analysis.consistency import HIGH_AGREEMENT
 from mammography.analysis.consistency import select_extremes
 from mammography.analysis.maps import normalise_map
 from mammography.analysis.run_analysis import ConsistencyResult, RunAnalysis
@@ -44,7 +44,6 @@ __all__ = [
 CONSISTENCY_FIGURE = "density_gradcam_consistency.png"
 #: file name of a run's spurious-attention examples; ``{label}`` is the seed or run id
 SPURIOUS_FIGURE = "density_gradcam_spurious_seed{label}.png"
-_SHORT_REASONS = {REASON_PREDICTIONS: "pred.", REASON_REGIONS: "regions", REASON_ARTEFACT: "artefact"}
 _KIND_TEXT = {
     "marker": "on burned-in markers",
     "border": "in the border band",
@@ -52,10 +51,22 @@ _KIND_TEXT = {
 }
 
 
-def _tile(analysis: RunAnalysis, i: int, shape: tuple[int, int]) -> DisplayTile:
+def _outlined(image: np.ndarray, region: np.ndarray | None) -> np.ndarray:
+    """``image`` with the one-pixel boundary of ``region`` drawn in white."""
+    if region is None or not region.any():
+        return image
+    from scipy import ndimage
+
+    edge = region & ~ndimage.binary_erosion(region, border_value=0)
+    out = image.copy()
+    out[edge] = 1.0
+    return out
+
+
+def _tile(analysis: RunAnalysis, i: int, shape: tuple[int, int], region: np.ndarray | None = None) -> DisplayTile:
     row = analysis.table.iloc[i]
     return DisplayTile(
-        image=analysis.display_image(i, shape).astype(np.float32),
+        image=_outlined(analysis.display_image(i, shape), region).astype(np.float32),
         heatmap=normalise_map(analysis.grid_map(i, shape)).astype(np.float32),
         y_true=int(row["y_true"]),
         y_pred=int(row["y_pred"]),
@@ -64,10 +75,24 @@ def _tile(analysis: RunAnalysis, i: int, shape: tuple[int, int]) -> DisplayTile:
     )
 
 
+def _runs_text(labels) -> str:
+    """``"seeds 42, 43, 44"`` when the labels are seeds, else ``"runs a, b"``."""
+    kind = "seeds" if all(str(lab).isdigit() for lab in labels) else "runs"
+    return f"{kind} {', '.join(map(str, labels))}"
+
+
+def _short_stem(path: str, limit: int = 22) -> str:
+    """The file stem, shortened in the middle so a row header stays on one line."""
+    stem = Path(path).stem
+    return stem if len(stem) <= limit else f"{stem[: limit // 2 - 1]}\u2026{stem[-(limit // 2):]}"
+
+
+def _reasons_text(rec) -> str:
+    return ", ".join(r for r in str(rec["reasons"]).split(";") if r and r != "nan")
+
+
 def _row_note(rec) -> str:
-    verdict = "high" if rec["agreement"] == HIGH_AGREEMENT else "review: " + ", ".join(
-        _SHORT_REASONS.get(r, r) for r in str(rec["reasons"]).split(";") if r
-    )
+    verdict = "high agreement" if rec["agreement"] == HIGH_AGREEMENT else "review"
     rho = rec["mean_rank_correlation"]
     iou = rec["mean_top_iou"]
     rho_text = "\u2014" if not np.isfinite(rho) else f"{rho:.2f}"
@@ -109,7 +134,7 @@ def consistency_figure(
             title_group = "Most consistent" if group == "most" else "Least consistent"
             rows.append(
                 GridRow(
-                    header=f"{title_group} {k + 1} \u00b7 {Path(path).stem}",
+                    header=f"{title_group} {k + 1} \u00b7 {_short_stem(path)}",
                     cells=cells,
                     note=_row_note(by_path.loc[path]),
                     key=(group, path),
@@ -119,7 +144,7 @@ def consistency_figure(
         raise ConfigError("no shared images to draw")
     labels = result.labels
     headers = [f"seed {lab}" if lab.isdigit() else lab for lab in labels]
-    title = title or f"Grad-CAM across seeds {', '.join(labels)}: most and least consistent validation images"
+    title = title or f"Grad-CAM across {_runs_text(labels)}: most and least consistent validation images"
     return draw_grid(
         rows,
         title=title,
@@ -131,22 +156,30 @@ def consistency_figure(
 
 
 def consistency_caption(result: ConsistencyResult, n: int = 3) -> str:
-    """Plain-text caption of :func:`consistency_figure` with the summary numbers."""
+    """Plain-text caption of :func:`consistency_figure` with the summary numbers and each row's reasons."""
     s = result.summary
     th = s["thresholds"]
     most, least = select_extremes(result.table, n)
+    by_path = result.table.set_index("image_path")
     rho = s["mean_rank_correlation"]
     iou = s["mean_top_iou"]
+    review = [
+        f"least consistent {k + 1} ({Path(p).stem}): {_reasons_text(by_path.loc[p])}"
+        for k, p in enumerate(least)
+        if _reasons_text(by_path.loc[p])
+    ]
     return (
-        f"Grad-CAM of the same validation images under the models trained with seeds {', '.join(result.labels)} "
-        f"(columns). Top {len(most)} rows: the most consistent images; bottom {len(least)} rows: the least "
-        f"consistent. Row notes give the mean pairwise Spearman rank correlation of the maps (\u03c1, inside the "
-        f"breast) and the mean IoU of their top-{100 * th['top_fraction']:.0f} % regions; an image needs review "
-        f"when the predictions differ (pred.), a pair has \u03c1 < {th['min_rank_correlation']:.2f} or IoU < "
-        f"{th['min_top_iou']:.2f} (regions), or a seed attends to a marker or the image border (artefact). Over "
-        f"all {s['n_images']} shared images the seeds agree on the class for "
+        f"Grad-CAM of the same validation images under the models of {_runs_text(result.labels)} (columns). "
+        f"Top {len(most)} rows: the most consistent images; bottom {len(least)} rows: the least consistent. "
+        f"Row notes give the mean pairwise Spearman rank correlation of the maps (\u03c1, inside the breast) and "
+        f"the mean IoU of their top-{100 * th['top_fraction']:.0f} % regions. An image needs review when the "
+        f"predictions differ, a pair of maps has \u03c1 < {th['min_rank_correlation']:.2f} or IoU < "
+        f"{th['min_top_iou']:.2f} (attention in different regions), or a model attends to a marker or the image "
+        f"border (attention on an artefact)"
+        + (f"; reasons: {'; '.join(review)}" if review else "")
+        + f". Over all {s['n_images']} shared images the models agree on the class for "
         f"{100 * s['prediction_agreement_rate']:.0f} %, mean \u03c1 = {_num(rho['mean'])} "
-        f"(95 % CI {_num(rho['low'])}\u2013{_num(rho['high'])}), mean IoU = {_num(iou['mean'])}, and "
+        f"(95 % CI {_num(rho['low'])} to {_num(rho['high'])}), mean IoU = {_num(iou['mean'])}, and "
         f"{s['n_high_agreement']} images ({100 * s['high_agreement_rate']:.0f} %) are high agreement."
     )
 
@@ -155,11 +188,32 @@ def _num(value, digits: int = 2) -> str:
     return "\u2014" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
+def _region(analysis: RunAnalysis, i: int, kind: str) -> np.ndarray:
+    """The region of ``kind`` on image ``i``'s grid, for outlining."""
+    from mammography.analysis.spurious import border_band
+
+    regions = analysis.regions[i]
+    if kind == "marker":
+        return regions.markers()
+    if kind == "border":
+        return border_band(regions.shape, analysis.options.border_fraction)
+    return regions.breast()
+
+
+def _label(analysis: RunAnalysis, label: str | None) -> str:
+    return label if label is not None else str(analysis.seed if analysis.seed is not None else analysis.run_id)
+
+
+def _run_name(label: str) -> str:
+    return f"seed {label}" if label.isdigit() else f"run {label}"
+
+
 def spurious_figure(
     analysis: RunAnalysis,
     n: int = 4,
     kinds=None,
     *,
+    label: str | None = None,
     colormap: str = "jet",
     alpha: float = 0.4,
     title: str | None = None,
@@ -172,7 +226,9 @@ def spurious_figure(
     n : tiles per row.
     kinds : which regions get a row (``"marker"``, ``"border"``,
         ``"outside_breast"``); default the kinds the run is flagged for, or
-        ``["marker"]`` when it is not flagged.
+        ``["marker"]`` when it is not flagged. The region is outlined in white
+        (for ``outside_breast`` the breast's edge).
+    label : the run's name in the title (default: its seed, else its run id).
     colormap, alpha, title : as in :func:`consistency_figure`.
 
     Returns
@@ -189,16 +245,15 @@ def spurious_figure(
         shares = analysis.table[column].to_numpy(dtype=float)
         order = np.lexsort((analysis.table["image_path"].astype(str).to_numpy(), -np.nan_to_num(shares, nan=-1.0)))
         chosen = [int(i) for i in order[:n] if np.isfinite(shares[i])]
-        cells = [_tile(analysis, i, analysis.grid_shape(i)) for i in chosen]
+        cells = [_tile(analysis, i, analysis.grid_shape(i), _region(analysis, i, kind)) for i in chosen]
         note = "shares " + " / ".join(f"{shares[i]:.2f}" for i in chosen) if chosen else ""
         rows.append(GridRow(header=f"Most attention {_KIND_TEXT[kind]}", cells=cells, note=note,
                             message="no images", key=kind))
-    label = str(analysis.seed) if analysis.seed is not None else analysis.run_id
-    title = title or f"Spurious attention, seed {label}: images with the highest share of heatmap mass"
+    title = title or f"Spurious attention, {_run_name(_label(analysis, label))}: images with the highest share of heatmap mass"
     return draw_grid(rows, title=title, n_columns=n, colormap=colormap, alpha=alpha)
 
 
-def spurious_caption(analysis: RunAnalysis, kinds=None) -> str:
+def spurious_caption(analysis: RunAnalysis, kinds=None, label: str | None = None) -> str:
     """Plain-text caption of :func:`spurious_figure`."""
     s = analysis.summary["spurious"]
     kinds = list(kinds or s.get("reasons") or ["marker"])
@@ -208,13 +263,16 @@ def spurious_caption(analysis: RunAnalysis, kinds=None) -> str:
         if kind == "marker":
             level = (f"mean share {_num(k['mean'], 3)}, {_num(k.get('enrichment'), 1)} times the markers' area "
                      f"share (threshold {_num(k['threshold'], 1)} times)")
+            if k.get("occlusion_drop") is not None:
+                level += (f"; painting the markers over lowers the predicted class's probability by "
+                          f"{_num(k['occlusion_drop'])} on average")
         else:
             level = f"mean share {_num(k['mean'])} (uniform map: {_num(k['area'])}; threshold {_num(k['threshold'])})"
-        parts.append(f"{_KIND_TEXT[kind]}: {level}, {100 * k['image_flag_rate']:.0f} % of images above the threshold")
+        parts.append(f"{_KIND_TEXT[kind]}: {level}, {100 * k['image_flag_rate']:.0f} % of images flagged")
     verdict = "flagged" if s["flagged"] else "not flagged"
-    label = str(analysis.seed) if analysis.seed is not None else analysis.run_id
     return (
-        f"Validation images of the seed-{label} model with the largest share of Grad-CAM mass "
+        f"Validation images of the {_run_name(_label(analysis, label))} model with the largest share of Grad-CAM "
+        f"mass (white outline: the region measured) "
         + "; ".join(parts)
         + f". The run is {verdict} for spurious attention."
     )
@@ -226,7 +284,9 @@ def render_consistency_figure(result: ConsistencyResult, n: int = 3, **kwargs) -
     return figure_png_bytes(fig), layout, consistency_caption(result, n)
 
 
-def render_spurious_figure(analysis: RunAnalysis, n: int = 4, kinds=None, **kwargs) -> tuple[bytes, FigureLayout, str]:
+def render_spurious_figure(
+    analysis: RunAnalysis, n: int = 4, kinds=None, label: str | None = None, **kwargs
+) -> tuple[bytes, FigureLayout, str]:
     """PNG bytes, layout and caption of :func:`spurious_figure`."""
-    fig, layout = spurious_figure(analysis, n, kinds, **kwargs)
-    return figure_png_bytes(fig), layout, spurious_caption(analysis, kinds)
+    fig, layout = spurious_figure(analysis, n, kinds, label=label, **kwargs)
+    return figure_png_bytes(fig), layout, spurious_caption(analysis, kinds, label)

@@ -80,6 +80,7 @@ __all__ = [
     "DisplayImages",
     "ReportResult",
     "command_line",
+    "canonical_method",
     "evaluate_run",
     "report_pack",
 ]
