@@ -19,6 +19,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mammography.cam import (
@@ -364,6 +365,37 @@ def test_no_graph_below_shallowest_target_and_no_parameter_grads(model, images):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_eval_batch_norm_equivalent_matches_torch():
+    from mammography.cam.base import _eval_batch_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 4, 3)
+    mean, var = torch.randn(5), torch.rand(5) + 0.5
+    w, b = torch.randn(5), torch.randn(5)
+    for weight, bias in [(w, b), (None, b), (w, None), (None, None)]:
+        expected = F.batch_norm(x, mean, var, weight, bias, False, 0.1, 1e-3)
+        torch.testing.assert_close(_eval_batch_norm(x, mean, var, weight, bias, False, 0.1, 1e-3), expected)
+    assert _eval_batch_norm(x, mean, var, w, b, True) is None  # training mode is left to torch
+
+
+def test_cheaper_backward_mode_intercepts_batch_norm_and_inplace_activations():
+    from mammography.cam.base import _CheaperBackward
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(5).eval()
+    bn.running_mean.normal_()
+    x = torch.randn(2, 5, 4, 3, requires_grad=True)
+    with _CheaperBackward():
+        y = bn(x)
+        z = y.clone()
+        out = F.silu(z, inplace=True)
+    assert type(y.grad_fn).__name__.startswith("Addcmul")  # not NativeBatchNormBackward
+    torch.testing.assert_close(y, bn(x))
+    assert out is not z and torch.equal(z, y)  # the in-place SiLU ran out of place
+    torch.testing.assert_close(out, F.silu(y))
+    assert torch._C._len_torch_function_stack() == 0
+
+
 def test_grad_mode_hooks_and_train_flags_restored(model, images):
     m = copy.deepcopy(model)
     m.train()
@@ -379,6 +411,7 @@ def test_grad_mode_hooks_and_train_flags_restored(model, images):
     assert [p.requires_grad for p in m.parameters()] == flags
     assert all(not x._forward_hooks for x in m.modules())
     assert all(p.grad is None for p in m.parameters())
+    assert torch._C._len_torch_function_stack() == 0
 
 
 def test_hooks_removed_and_state_restored_when_forward_raises(model):
@@ -402,6 +435,7 @@ def test_hooks_removed_and_state_restored_when_forward_raises(model):
     assert torch.is_grad_enabled()
     assert [x.training for x in m.modules()] == modes
     assert all(not x._forward_hooks for x in m.modules())
+    assert torch._C._len_torch_function_stack() == 0  # the CPU backward mode was popped
 
 
 def test_frozen_parameters_work_and_stay_frozen(model, images):

@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
@@ -134,7 +134,6 @@ class ImageConsistency:
     artefact_runs: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
     y_true: int | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def agreement(self) -> str:

@@ -77,7 +77,7 @@ from mammography.analysis.localisation import (
     summarise_localisation,
 )
 from mammography.analysis.maps import grid_shape, map_to_grid, resize_mask, resize_mask_any
-from mammography.analysis.patterns import PATTERN_METRICS, estimate_dense_tissue, pattern_metrics, summarise_patterns
+from mammography.analysis.patterns import estimate_dense_tissue, pattern_metrics, summarise_patterns
 from mammography.analysis.spurious import (
     BORDER_FRACTION,
     SpuriousThresholds,
@@ -88,7 +88,7 @@ from mammography.analysis.spurious import (
     spurious_shares,
     summarise_spurious,
 )
-from mammography.errors import ConfigError, ImageReadError, ManifestError, RunError
+from mammography.errors import ConfigError, ImageReadError, RunError
 from mammography.io.geometry import Geometry
 
 __all__ = [
@@ -888,10 +888,7 @@ def _marker_occlusion(model, dataset, jobs, probs, y_pred, run, options: Analysi
     (the predicted class changes); NaN / False for images without markers.
     """
     n = len(y_pred)
-    out = pd.DataFrame(
-        {"marker_occlusion_prob": np.full(n, np.nan), "marker_occlusion_drop": np.full(n, np.nan),
-         "marker_occlusion_flip": np.zeros(n, dtype=bool)}
-    )
+    prob, drop, flip = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool)
     mean = torch.tensor(run.mean, dtype=torch.float32)
     std = torch.tensor(run.std, dtype=torch.float32)
     for start in range(0, len(jobs), options.batch_size):
@@ -901,12 +898,13 @@ def _marker_occlusion(model, dataset, jobs, probs, y_pred, run, options: Analysi
         masks = np.stack([m for _, m, _ in chunk])
         fill = torch.stack([(torch.full((3,), float(b)) - mean) / std for _, _, b in chunk])
         after = occlusion_probabilities(model, images, masks, fill, batch_size=options.batch_size)
-        for k, i in enumerate(idx):
-            c = int(y_pred[i]) - 1
-            out.loc[i, "marker_occlusion_prob"] = after[k, c]
-            out.loc[i, "marker_occlusion_drop"] = probs[i, c] - after[k, c]
-            out.loc[i, "marker_occlusion_flip"] = int(after[k].argmax()) != c
-    return out
+        rows = np.asarray(idx)
+        cls = y_pred[rows].astype(int) - 1
+        p_after = after[np.arange(len(rows)), cls]
+        prob[rows] = p_after
+        drop[rows] = probs[rows, cls] - p_after
+        flip[rows] = after.argmax(axis=1) != cls
+    return pd.DataFrame({"marker_occlusion_prob": prob, "marker_occlusion_drop": drop, "marker_occlusion_flip": flip})
 
 
 def _inputs(dataset, idx: np.ndarray) -> torch.Tensor:
