@@ -365,6 +365,56 @@ def test_no_graph_below_shallowest_target_and_no_parameter_grads(model, images):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_prefix_before_first_target_runs_in_inference_mode(model, images):
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen[name] = (torch.is_inference_mode_enabled(), output.is_inference())
+
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_hook(record(n)) for n in ("features.2", "features.6")]
+    try:
+        res = GradCAM(model, "features.4")(images)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen["features.2"] == (True, True)
+    assert seen["features.6"] == (False, False)  # normal tensors from the target on
+    assert not res["features.4"].is_inference() and not torch.is_inference_mode_enabled()
+
+
+def test_target_whose_prefix_tensor_is_saved_later_falls_back_to_no_grad(model, images):
+    # inside a squeeze-excitation block: ``scale * input`` saves ``input``, which was computed
+    # before the target, so it cannot be an inference tensor
+    layer = "features.7.0.block.2.fc1"
+    cam = GradCAM(model, layer)
+    first = cam(images)
+    assert cam._inference_prefix is False
+    again = cam(images)
+    torch.testing.assert_close(first[layer], again[layer])
+    assert first[layer].abs().sum() > 0
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    assert all(not x._forward_hooks for x in model.modules())
+
+
+def test_autocast_state_survives_the_inference_prefix(model, images):
+    cam = GradCAM(model, "features.4", autocast="bf16")
+    dtypes = {}
+
+    def record(module, inputs, output):
+        dtypes["f6"] = output.dtype
+
+    handle = model.features[6].register_forward_hook(record)
+    try:
+        cam(images)
+    finally:
+        handle.remove()
+    assert dtypes["f6"] == torch.bfloat16  # still under autocast after the prefix ended in the hook
+    assert not torch.is_autocast_enabled("cpu")
+
+
 def test_eval_batch_norm_equivalent_matches_torch():
     from mammography.cam.base import _eval_batch_norm
 

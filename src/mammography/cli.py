@@ -458,6 +458,9 @@ def _add_analyze(sub):
                     help="... when its share on detected markers is more than X times the markers' area share")
     th.add_argument("--max-flag-rate", type=float, default=0.1, metavar="RATE",
                     help="a run is flagged for a kind when more than this share of its images is flagged for it")
+    th.add_argument("--no-marker-occlusion", dest="marker_occlusion", action="store_false",
+                    help="skip painting the markers over (one forward pass per image) and flag markers by the "
+                         "heatmap share alone")
     th.add_argument("--min-rank-correlation", type=float, default=0.5, metavar="RHO",
                     help="seed pairs below this Spearman rho attend to different regions")
     th.add_argument("--min-top-iou", type=float, default=0.3, metavar="IOU",
@@ -493,6 +496,7 @@ def _run_analyze(args) -> int:
         method=args.method, layer=args.layer, analysis_size=args.analysis_size, batch_size=args.batch_size,
         device=args.device, cache_dir=args.cache_dir or default_cache_dir(), roi_dir=args.roi_dir,
         manifest=args.manifest, dense_source=args.dense_source, max_images=args.max_images,
+        marker_occlusion=args.marker_occlusion,
         spurious=SpuriousThresholds(outside_breast=args.outside_threshold, border=args.border_threshold,
                                     marker_enrichment=args.marker_enrichment, max_flag_rate=args.max_flag_rate),
         faithfulness=args.faithfulness, faithfulness_images=args.faithfulness_images,

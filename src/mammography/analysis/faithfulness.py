@@ -8,8 +8,13 @@ probability for the explained class after each step; a faithful map makes it
 fall fast, so the area under the curve (AUC, fraction removed on the x axis)
 is small. *Insertion* starts from the baseline image and puts the
 most-attended pixels back first; a faithful map makes the probability rise
-fast (large AUC). Both are compared with the same procedure in a random pixel
-order (seeded), which is what a map without information would give.
+fast (large AUC). Both are compared with the same procedure in a random
+order: the order of a random map of the heatmap's own resolution (seeded),
+upsampled the same way, which is what a map without information would give.
+(A random order of single pixels is not a fair reference: scattered black
+pixels push the image out of the model's experience long before the same
+number of pixels removed in blobs, so the random deletion curve would fall
+fastest for the wrong reason.)
 
 Only the image area of the square input is ranked (padding stays as it is).
 The baseline is ``"zero"`` by default: the pixel becomes black, like the air
@@ -81,7 +86,8 @@ class FaithfulnessResult:
     fractions : (K + 1,) share of the image area removed / inserted at each step.
     deletion, insertion : (N, K + 1) probability of the explained class, in
         heatmap order.
-    random_deletion, random_insertion : (N, K + 1) the same in a random order.
+    random_deletion, random_insertion : (N, K + 1) the same in the order of a
+        random map of the heatmap's resolution.
     targets : (N,) explained class, 0-based.
     image_ids : identifiers of the images (paths), for the per-image table.
     baseline : the baseline used.
@@ -138,6 +144,19 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     return y[0]
+
+
+def _upsample_to(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, h, w) -> (N, *size), bilinear with pixel centres aligned (as the figures draw maps)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps.float()
+    return F.interpolate(maps.float()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def _order(heat: torch.Tensor, pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """``pixels`` (flat indices) sorted by decreasing ``heat``; a tiny seeded jitter breaks ties fairly."""
+    values = heat.reshape(-1)[pixels] + 1e-9 * torch.rand(pixels.numel(), generator=gen)
+    return pixels[torch.argsort(values, descending=True)]
 
 
 def _baseline_image(image: torch.Tensor, area: torch.Tensor, baseline: str, zero_value: torch.Tensor) -> torch.Tensor:
@@ -246,14 +265,18 @@ def faithfulness(
         raise ConfigError(f"n_steps must be at least 1, got {n_steps}")
     images = torch.as_tensor(images, dtype=torch.float32)
     n, c, s, s2 = images.shape
-    heat = torch.as_tensor(np.asarray(heatmaps) if not isinstance(heatmaps, torch.Tensor) else heatmaps).float().cpu()
-    if heat.shape[0] != n:
-        raise ConfigError(f"got {heat.shape[0]} heatmaps for {n} images")
-    heat = F.interpolate(heat[:, None], size=(s, s2), mode="bilinear", align_corners=False)[:, 0]
+    low = torch.as_tensor(np.asarray(heatmaps) if not isinstance(heatmaps, torch.Tensor) else heatmaps).float().cpu()
+    if low.shape[0] != n:
+        raise ConfigError(f"got {low.shape[0]} heatmaps for {n} images")
+    gen = torch.Generator().manual_seed(int(seed))
+    heat = _upsample_to(low, (s, s2))
+    # the random order comes from a random map of the same resolution, upsampled the same way: it removes
+    # blobs of the same size as the heatmap's, so the two curves differ only in *where* the blobs are
+    # (scattered single pixels would fall out of the images' distribution much faster)
+    random_heat = _upsample_to(torch.rand(low.shape, generator=gen), (s, s2))
     area = torch.ones((n, s, s2), dtype=torch.bool) if areas is None else torch.as_tensor(np.asarray(areas)).bool()
     tgt = torch.as_tensor(targets, dtype=torch.long).view(-1)
     zero = torch.zeros(c) if zero_value is None else torch.as_tensor(zero_value, dtype=torch.float32).view(-1)
-    gen = torch.Generator().manual_seed(int(seed))
     out = {k: [] for k in ("deletion", "insertion", "random_deletion", "random_insertion")}
     was_training = model.training
     model.eval()
@@ -261,9 +284,8 @@ def faithfulness(
         for i in range(n):
             pixels = torch.nonzero(area[i].view(-1)).view(-1)
             # tiny seeded jitter breaks ties of flat map regions without favouring any position
-            values = heat[i].view(-1)[pixels] + 1e-9 * torch.rand(pixels.numel(), generator=gen)
-            order = pixels[torch.argsort(values, descending=True)]
-            random_order = pixels[torch.randperm(pixels.numel(), generator=gen)]
+            order = _order(heat[i], pixels, gen)
+            random_order = _order(random_heat[i], pixels, gen)
             base = _baseline_image(images[i], area[i], baseline, zero)
             kw = dict(n_steps=n_steps, baseline_image=base, batch_size=batch_size)
             d, ins = perturbation_curves(model, images[i], order, int(tgt[i]), **kw)

@@ -62,18 +62,20 @@ def _eval_batch_norm(input, running_mean, running_var, weight=None, bias=None, t
     Same arguments as :func:`torch.nn.functional.batch_norm`. The value is
     that of PyTorch's kernel (which computes the same scale and shift); its
     backward is one multiply, about half the cost of PyTorch's CPU
-    batch-norm backward.
+    batch-norm backward. Scale and shift are constants (CAMs never need
+    parameter gradients), so autograd does not keep ``input`` for the backward.
     """
     if training or running_mean is None or running_var is None or input.ndim < 2:
         return None
     if input.dtype != running_var.dtype:
         return None
-    scale = torch.rsqrt(running_var + eps)
-    if weight is not None:
-        scale = scale * weight
-    shift = -running_mean * scale
-    if bias is not None:
-        shift = shift + bias
+    with torch.no_grad():
+        scale = torch.rsqrt(running_var + eps)
+        if weight is not None:
+            scale = scale * weight
+        shift = -running_mean * scale
+        if bias is not None:
+            shift = shift + bias
     shape = (1, -1) + (1,) * (input.ndim - 2)
     return torch.addcmul(shift.view(shape), input, scale.view(shape))
 
@@ -111,16 +113,23 @@ class _Capture:
         :class:`_CheaperBackward` (used on CPU without autocast).
     """
 
-    def __init__(self, layers: Sequence[TargetLayer], cheaper_backward: bool = False):
+    def __init__(self, layers: Sequence[TargetLayer], cheaper_backward: bool = False, inference_prefix: bool = False):
         self.layers = list(layers)
         self.activations: dict[str, torch.Tensor] = {}
         self.cheaper_backward = cheaper_backward
+        self.inference_prefix = inference_prefix
         self._handles: list = []
         self._mode: TorchFunctionMode | None = None
+        self._prefix_guard: torch.inference_mode | None = None
 
     def __enter__(self) -> "_Capture":
         for layer in self.layers:
             self._handles.append(layer.module.register_forward_hook(self._make_hook(layer.name)))
+        if self.inference_prefix:
+            # Entered last (inside no_grad and autocast), so leaving it in the first hook
+            # restores exactly their state; ops in inference mode skip autograd's bookkeeping.
+            self._prefix_guard = torch.inference_mode()
+            self._prefix_guard.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -130,8 +139,15 @@ class _Capture:
         if self._mode is not None:
             self._mode.__exit__(None, None, None)
             self._mode = None
+        self._leave_prefix()
+
+    def _leave_prefix(self) -> None:
+        if self._prefix_guard is not None:
+            self._prefix_guard.__exit__(None, None, None)
+            self._prefix_guard = None
 
     def _start_recording(self) -> None:
+        self._leave_prefix()
         # The caller's no_grad() context restores the previous mode after the forward.
         torch.set_grad_enabled(True)
         if self.cheaper_backward:
@@ -151,7 +167,10 @@ class _Capture:
                 )
             if not self.activations:  # the first target layer: record the graph from here on
                 self._start_recording()
-            kept = output if output.requires_grad else output.detach().requires_grad_(True)
+            if output.is_inference():  # computed in the inference-mode prefix
+                kept = output.clone().requires_grad_(True)
+            else:
+                kept = output if output.requires_grad else output.detach().requires_grad_(True)
             self.activations[name] = kept
             # Downstream in-place ops (residual `+=`, inplace SiLU/ReLU) must
             # not alter what we differentiate: give them a copy.
@@ -161,15 +180,21 @@ class _Capture:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    """Put every module in eval mode; restore each one's own flag afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
+def _eval_mode(modules: Sequence[nn.Module]):
+    """Put every module in eval mode; restore each one's own flag afterwards.
+
+    Only modules in training mode are touched: ``model.eval()`` walks the
+    whole tree through ``Module.__setattr__``, milliseconds of Python per call
+    that leave a GPU idle.
+    """
+    training = [m for m in modules if m.training]
     try:
-        model.eval()
+        for m in training:
+            m.training = False
         yield
     finally:
-        for m, mode in modes:
-            m.training = mode
+        for m in training:
+            m.training = True
 
 
 class BaseCAM:
@@ -218,6 +243,12 @@ class BaseCAM:
         self.layers = resolve_layers(model, layers)
         self.channels_last = bool(channels_last)
         self.autocast_dtype = _parse_autocast(autocast)
+        self._modules = tuple(model.modules())
+        # Layers before the first target run in inference mode (no autograd dispatch: ~10 % less
+        # per-op overhead, which is what bounds a GPU at small maps). A model that reuses one of
+        # those tensors after a target in an op autograd must save (e.g. a target inside a
+        # squeeze-excitation block) cannot; the first such call switches back to no_grad for good.
+        self._inference_prefix = True
 
     # -- the method -------------------------------------------------------
     def compute_maps(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -273,15 +304,22 @@ class BaseCAM:
         # a caller's inference_mode would forbid the small graph we record
         with torch.inference_mode(False):
             x = self._prepare_input(images)
-            cheaper = x.device.type == "cpu" and self.autocast_dtype is None
-            capture = _Capture(self.layers, cheaper_backward=cheaper)
-            logits = self._forward(x, capture)
+            try:
+                capture, logits = self._forward(x)
+            except RuntimeError as exc:
+                if not (self._inference_prefix and "nference tensor" in str(exc)):
+                    raise
+                self._inference_prefix = False
+                capture, logits = self._forward(x)
             return self._explain(capture.activations, logits, targets, tuple(x.shape[-2:]))
 
-    def _forward(self, x: torch.Tensor, capture: _Capture) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> tuple[_Capture, torch.Tensor]:
         """The model's forward pass; hooks off and train/eval flags restored on the way out."""
-        with _eval_mode(self.model), capture, torch.no_grad(), self._autocast(x.device):
-            return self.model(x)
+        cheaper = x.device.type == "cpu" and self.autocast_dtype is None
+        capture = _Capture(self.layers, cheaper_backward=cheaper, inference_prefix=self._inference_prefix)
+        # capture last: its inference-mode prefix must sit inside no_grad and autocast
+        with _eval_mode(self._modules), torch.no_grad(), self._autocast(x.device), capture:
+            return capture, self.model(x)
 
     def _prepare_input(self, images: torch.Tensor) -> torch.Tensor:
         param = next(self.model.parameters(), None)

@@ -269,7 +269,6 @@ def explain_run(
     cam = create_cam(method, model, layers, autocast=autocast)
     dataset = MammogramDataset(
         list(table["image_path"]),
-        labels=list(y_true),
         img_size=run.img_size,
         normalise_laterality=run.normalise_laterality,
         mean=run.mean,
@@ -283,10 +282,10 @@ def explain_run(
     bar = tqdm(starts, desc=f"explain {run.run_id}", unit="batch", disable=not progress)
     for start in bar:
         idx = range(start, min(start + int(batch_size), len(dataset)))
-        items = [dataset[i] for i in idx]
-        geometries.extend(dataset.geometry(i) for i in idx)
-        images = torch.stack([it["image"] for it in items])
-        labels0 = torch.tensor([it["label"] for it in items], dtype=torch.long)
+        prepared = [dataset.prepared(i) for i in idx]  # decoded once: square and geometry
+        geometries.extend(p.geometry for p in prepared)
+        images = torch.stack([dataset.to_tensor(p.square) for p in prepared])
+        labels0 = torch.as_tensor(y_true[start : start + len(idx)] - 1)
         result = cam(images, targets=_target_spec(targets, labels0))
         parts.append(result.numpy())
 
