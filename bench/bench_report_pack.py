@@ -11,9 +11,15 @@ round-robin (one call of each variant per repetition, median of ``--reps``):
 * ``cam pass``: :func:`mammography.report.pack.evaluate_run` for every run
   (Grad-CAM at the main layer + predictions + the CSV check: the part of
   report-pack that touches every image);
-* ``report-pack``: the whole :func:`mammography.report.pack.report_pack`
-  (the above, sample selection, figures, overlays, layer-wise figure, LaTeX,
-  Markdown, manifest, atomic commit) into a temporary article folder.
+* ``pack, no analysis``: the whole :func:`mammography.report.pack.report_pack`
+  without the attention analysis (the above, sample selection, figures,
+  overlays, layer-wise figure, LaTeX, Markdown, manifest, atomic commit) into
+  a temporary article folder;
+* ``report-pack``: the same with the attention analysis (the default:
+  consistency, spurious attention with marker occlusion, localisation,
+  patterns, their figures and tables);
+* ``+ faithfulness``: report-pack with ``--faithfulness`` (deletion/insertion
+  on 16 images and the randomisation check on 8 per run), with ``--faithfulness-bench``.
 
 The decoded-image cache is warmed first, so decoding DICOM is not counted in
 any variant.
@@ -27,6 +33,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import statistics
 import sys
@@ -96,6 +103,7 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--keep", type=Path, metavar="DIR", help="write the article here (default: a temporary folder)")
+    p.add_argument("--faithfulness-bench", action="store_true", help="also time report-pack --faithfulness")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -123,7 +131,10 @@ def main() -> int:
     warm = time.perf_counter() - t0
     n_images = sum(len(r.predictions) for r in runs)
 
-    times = {"forward": [], "cam pass": [], "report-pack": []}
+    packs = {"pack, no analysis": dataclasses.replace(options, analysis=False), "report-pack": options}
+    if args.faithfulness_bench:
+        packs["+ faithfulness"] = dataclasses.replace(options, faithfulness=True)
+    times = {"forward": [], "cam pass": [], **{k: [] for k in packs}}
     result = None
     for _ in range(args.reps):
         t = time.perf_counter()
@@ -132,19 +143,28 @@ def main() -> int:
         t = time.perf_counter()
         _cam_pass(runs, options, device)
         times["cam pass"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        result = report_pack(specs, options=options)
-        times["report-pack"].append(time.perf_counter() - t)
+        for name, opts in packs.items():
+            t = time.perf_counter()
+            out = report_pack(specs, options=opts)
+            times[name].append(time.perf_counter() - t)
+            result = out if name == "report-pack" else result
 
     med = {k: statistics.median(v) for k, v in times.items()}
     gpu = f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else f" ({args.threads} threads)"
     print(f"runs: {len(runs)} ({', '.join(r.run_id for r in runs)}), validation images: {n_images}, "
           f"img_size: {runs[0].img_size}, batch: {args.batch_size}, device: {device}{gpu}, reps: {args.reps}")
     print(f"first report-pack (cold cache, imports): {warm:.2f} s")
-    print(f"{'variant':<14}{'median s':>10}{'img/s':>10}{'x forward':>11}")
+    print(f"{'variant':<20}{'median s':>10}{'img/s':>10}{'x forward':>11}")
     for k, v in med.items():
-        print(f"{k:<14}{v:>10.2f}{n_images / v:>10.1f}{v / med['forward']:>11.2f}")
-    print(f"drawing + writing (report-pack - cam pass): {med['report-pack'] - med['cam pass']:.2f} s")
+        print(f"{k:<20}{v:>10.2f}{n_images / v:>10.1f}{v / med['forward']:>11.2f}")
+    base = med["pack, no analysis"]
+    print(f"drawing + writing (pack without analysis - cam pass): {base - med['cam pass']:.2f} s")
+    print(f"attention analysis adds: {med['report-pack'] - base:.2f} s ({med['report-pack'] / base:.2f}x the pack "
+          f"without it)")
+    if "+ faithfulness" in med:
+        print(f"--faithfulness adds: {med['+ faithfulness'] - med['report-pack']:.2f} s more")
+    for line in result.attention_summary:
+        print(f"attention: {line}")
     for check in result.checks:
         print(f"check: {check.message()}")
     print(f"article: {work / 'Article'}")

@@ -27,7 +27,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Raw descriptions; defaults shown for options that take a value (an on/off switch's is implied)."""
+
+    def _get_help_string(self, action):
+        if action.nargs == 0 or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _strip_lone_dashdash(argv: list[str]) -> list[str]:
@@ -82,7 +87,7 @@ def _add_demo(sub):
     p.add_argument("--epochs", type=int, default=12, help="training epochs per seed")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
     p.add_argument("--no-explorer", action="store_true", help="skip the explorer site")
-    p.set_defaults(handler=_run_demo)
+    p.set_defaults(handler=_run_demo, cam_heavy=True)
 
 
 def _run_demo(args) -> int:
@@ -360,15 +365,12 @@ def _add_explain(sub):
                    help="decoded-image cache (default: $MAMMOGRAPHY_CACHE or ~/.cache/mammography)")
     p.add_argument("--no-cache", dest="use_cache", action="store_false", help="decode every image, write no cache")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.set_defaults(handler=_run_explain)
+    p.set_defaults(handler=_run_explain, cam_heavy=True)
 
 
 def _run_explain(args) -> int:
     from mammography.cam.explain import explain_runs, parse_target
-    from mammography.cam.runtime import tune_malloc
     from mammography.data.dataset import default_cache_dir
-
-    tune_malloc()  # glibc keeps freed batch memory: CPU batches run 2-3x faster (bench/bench_cam.py)
 
     layers = [name for item in (args.layers or []) for name in item.split(",") if name] or None
     if layers is not None and len(layers) == 1:
@@ -387,6 +389,16 @@ def _run_explain(args) -> int:
     return 0
 
 # <cmd:analyze> (owned by the analyze work; keep the anchor)
+
+
+def _add_region_sources(group) -> None:
+    """--roi-dir and --manifest: where expert regions, breast masks and artefact boxes come from."""
+    group.add_argument("--roi-dir", type=_path, metavar="DIR",
+                       help="folder of expert-region masks named <image stem>.png (or _roi/_mask/_dense.png), "
+                            "used where the predictions have no roi_path (e.g. --roi-dir data/roi_masks)")
+    group.add_argument("--manifest", type=_path, metavar="CSV",
+                       help="manifest whose roi_path, breast_mask_path and artifact_bbox columns fill in what the "
+                            "runs' predictions lack (e.g. --manifest phantoms/manifest.csv)")
 
 
 @_register
@@ -425,12 +437,7 @@ def _add_analyze(sub):
                           "repeatable (e.g. --run results_4 --run results_5)")
     src.add_argument("--outputs-root", type=_path, default=Path("outputs"), metavar="DIR",
                      help="where relative run names are looked up (e.g. --outputs-root /data/outputs)")
-    src.add_argument("--roi-dir", type=_path, metavar="DIR",
-                     help="folder of expert-region masks named <image stem>.png (or _roi/_mask/_dense.png), "
-                          "used where the predictions have no roi_path (e.g. --roi-dir data/roi_masks)")
-    src.add_argument("--manifest", type=_path, metavar="CSV",
-                     help="manifest whose roi_path, breast_mask_path and artifact_bbox columns fill in what the "
-                          "run's predictions lack (e.g. --manifest phantoms/manifest.csv)")
+    _add_region_sources(src)
     src.add_argument("--dense-source", choices=("auto", "roi", "estimate"), default="auto",
                      help="dense-tissue masks for the pattern summary: roi = the ROI masks, estimate = breast "
                           "pixels above Otsu's threshold, auto = roi for phantom sets written by "
@@ -482,7 +489,7 @@ def _add_analyze(sub):
     comp.add_argument("--cache-dir", type=_path, metavar="DIR",
                       help="decoded-image cache (default: $MAMMOGRAPHY_CACHE or ~/.cache/mammography)")
     comp.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.set_defaults(handler=_run_analyze)
+    p.set_defaults(handler=_run_analyze, cam_heavy=True)
 
 
 def _run_analyze(args) -> int:
@@ -534,8 +541,17 @@ def _add_report_pack(sub):
             "  ASSETS/density_gradcam_layers_seed{SEED}.png  rows = layers + fused, one image per class\n"
             "  ASSETS/gradcam/seed{SEED}/*.png               per-sample overlays\n"
             "  ASSETS/{CV_ID}/fold_{K}_gradcam.png           per fold of a --cv-run\n"
+            "  ASSETS/density_gradcam_consistency.png        most/least consistent images across seeds\n"
+            "  ASSETS/consistency.csv, consistency_summary.json   per shared image: predictions, similarity\n"
+            "  ASSETS/density_gradcam_spurious_seed{SEED}.png  example tiles of a run flagged for\n"
+            "                                                  attention on markers, borders or background\n"
+            "  ASSETS/attention/seed{SEED}/*.csv, *.json, *.npz  per-image attention metrics\n"
             "  ASSETS/report_manifest.json                   SHA-256 of every output, runs, parameters\n"
-            "  --tex (seed table, figures) and the marked block of --markdown.\n"
+            "  --tex (seed table, figures, attention tables) and the marked block of --markdown.\n"
+            "The attention analysis reuses the figures' Grad-CAM pass: cross-seed consistency (two or\n"
+            "more seeds sharing validation images), spurious attention, localisation against expert\n"
+            "regions (roi_path in the predictions, --manifest or --roi-dir) and attention per density\n"
+            "class; --faithfulness adds deletion/insertion and the randomisation sanity check.\n"
             "All files are written together at the end, or none. Run directories are only read.\n"
             "A disagreement between a checkpoint and its CSV is reported (count and images); with\n"
             "--strict it stops the command before anything is written (exit status 2)."
@@ -602,7 +618,16 @@ def _add_report_pack(sub):
                           "runs to ASSETS_DIR/explorer (as mammography explore does)")
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bars (e.g. in CI logs)")
-    p.set_defaults(handler=_run_report_pack)
+    att = p.add_argument_group("attention analysis")
+    att.add_argument("--no-analysis", dest="analysis", action="store_false",
+                     help="skip the attention analysis (consistency, spurious attention, localisation, patterns)")
+    _add_region_sources(att)
+    att.add_argument("--faithfulness", action="store_true",
+                     help="also run deletion/insertion curves and the weight-randomisation sanity check "
+                          "(extra forward passes on a seeded sample of images per run)")
+    att.add_argument("--faithfulness-images", type=int, default=16, metavar="N",
+                     help="images per run for --faithfulness (half as many for the sanity check); e.g. 32")
+    p.set_defaults(handler=_run_report_pack, cam_heavy=True)
 
 
 def _run_report_pack(args) -> int:
@@ -615,7 +640,9 @@ def _run_report_pack(args) -> int:
         assets_dir=args.assets_dir, tex=args.tex, markdown=args.markdown, article_dir=args.article_dir,
         per_class=args.per_class, select=args.select, method=args.method, layers=layers, fuse=args.fuse,
         colormap=args.colormap, alpha=args.alpha, device=args.device, batch_size=args.batch_size,
-        strict=args.strict, cache_dir=args.cache_dir, progress=args.progress,
+        strict=args.strict, cache_dir=args.cache_dir, progress=args.progress, analysis=args.analysis,
+        roi_dir=args.roi_dir, manifest=args.manifest, faithfulness=args.faithfulness,
+        faithfulness_images=args.faithfulness_images,
     )
     options = dataclasses.replace(options, command=command_line(args.runs, args.cv_runs, options))
     result = report_pack(args.runs, args.cv_runs, options, outputs_root=args.outputs_root)
@@ -627,6 +654,11 @@ def _run_report_pack(args) -> int:
             print(f"wrote {path}")
     if overlays:
         print(f"wrote {len(overlays)} per-sample overlays under {overlays[0].parent.parent}")
+    data = [p for p in result.written if p.suffix in (".csv", ".json", ".npz") and p != result.manifest]
+    if data:
+        print(f"wrote {len(data)} attention-analysis data files under {result.assets_dir}")
+    for line in result.attention_summary:
+        print(line)
     print(f"wrote {result.tex}")
     print(f"wrote {result.markdown}")
     print(f"wrote {result.manifest}")
@@ -687,7 +719,7 @@ def _add_explore(sub):
     p.add_argument("--cache-dir", type=_path, metavar="DIR",
                    help="decoded-image cache; unset: $MAMMOGRAPHY_CACHE or ~/.cache/mammography")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.set_defaults(handler=_run_explore)
+    p.set_defaults(handler=_run_explore, cam_heavy=True)
 
 
 def _run_explore(args) -> int:
@@ -748,6 +780,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    if getattr(args, "cam_heavy", False):
+        from mammography.cam.runtime import tune_malloc
+
+        # Commands that run CAM batches: glibc then keeps freed batch memory in the heap instead of
+        # unmapping and faulting it in again per batch (bench/bench_cam.py measures the difference).
+        tune_malloc()
     try:
         return int(args.handler(args) or 0)
     except MammographyError as exc:

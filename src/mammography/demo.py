@@ -4,7 +4,10 @@
    masks, :func:`mammography.synth.generate_dataset`);
 2. trains seeds 42, 43 and 44 at a reduced image size and epoch count
    (:func:`mammography.training.train_demo_runs`);
-3. runs report-pack over the three runs: Grad-CAM figures, LaTeX and Markdown
+3. runs report-pack over the three runs: Grad-CAM figures, the attention
+   analysis (cross-seed consistency, spurious attention, localisation against
+   the phantoms' dense-tissue masks, patterns per class, faithfulness and the
+   randomisation check), LaTeX and Markdown
    (:func:`mammography.report.pack.report_pack`);
 4. builds the interactive explorer over every validation image
    (:func:`mammography.web.build_explorer`).
@@ -133,6 +136,7 @@ def _report(config: DemoConfig, runs: list[Path]):
         cache_dir=config.out / ".cache",
         batch_size=16,
         command="mammography demo",
+        faithfulness=True,  # the phantoms' report shows every check, deletion/insertion and sanity included
     )
     return report_pack([str(r) for r in runs], options=options, outputs_root=config.out / "outputs")
 
@@ -200,4 +204,7 @@ def _report_lines(report) -> list[str]:
     lines += [f"  {p}" for p in report.written if p.suffix == ".png" and p.parent == report.assets_dir]
     lines += [f"LaTeX: {report.tex}", f"Markdown: {report.markdown}", f"manifest: {report.manifest}"]
     lines += [check.message() for check in report.checks]
+    if report.attention_summary:
+        lines.append(f"attention analysis ({report.attention_seconds:.0f} s of the report-pack time):")
+        lines += [f"  {sentence}" for sentence in report.attention_summary]
     return lines

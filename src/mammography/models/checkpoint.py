@@ -97,7 +97,9 @@ def _unsafe_globals(path: Path) -> list[str]:
     file cannot be scanned.
     """
     try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        # the model's own classes say most about the file; torch's building blocks last; stable order
+        return sorted(set(names), key=lambda n: (n.startswith("torch."), n))
     except Exception:  # noqa: BLE001 - scanning is only used to word the message
         return []
 

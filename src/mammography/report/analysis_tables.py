@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 
-import jinja2
 
 from mammography.analysis.run_analysis import ConsistencyResult, RunAnalysis, run_labels
-from mammography.report.latex import latex_environment, tex_escape
-from mammography.report.markdown import md_escape
+from mammography.report.latex import latex_environment
+from mammography.report.markdown import markdown_environment
 
 __all__ = [
     "AnalysisTable",
@@ -270,8 +268,8 @@ def _faithfulness_table(analyses, labels) -> AnalysisTable | None:
         caption=(
             "Faithfulness and sanity of Grad-CAM. Deletion: area under the class-probability curve as the "
             "most-attended pixels are blacked out first (lower is better), insertion: as they are restored onto a "
-            "black image (higher is better), each against the same procedure in a random pixel order, and the "
-            "share of images where the map beats random order (deletion / insertion). Randomisation: mean "
+            "black image (higher is better), each against the same procedure in the order of a random map of the "
+            "heatmap's resolution, and the share of images where the map beats random order (deletion / insertion). Randomisation: mean "
             "Spearman \u03c1 between the trained model's maps and the maps after re-initialising the head, then "
             "each of the last blocks in turn; the check passes when the final \u03c1 is low."
         ),
@@ -299,39 +297,6 @@ def analysis_tables(analyses: list[RunAnalysis], consistency: ConsistencyResult 
     return tuple(out)
 
 
-#: characters the article's default (pdfLaTeX, no extra packages) cannot typeset as text
-_TEX_MATH = {"\u03c1": r"$\rho$", "\u2192": r"$\rightarrow$"}
-
-
-def _tex(text: object) -> str:
-    """:func:`~mammography.report.latex.tex_escape` plus the Greek and arrows used in these tables."""
-    out = tex_escape(text)
-    for ch, repl in _TEX_MATH.items():
-        out = out.replace(ch, repl)
-    return out
-
-
-@lru_cache(maxsize=1)
-def _latex_environment() -> jinja2.Environment:
-    env = latex_environment().overlay(cache_size=16)  # own template cache: our "tex" filter differs
-    env.filters = dict(env.filters, tex=_tex)
-    return env
-
-
-@lru_cache(maxsize=1)
-def _markdown_environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("mammography.report", "templates"),
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["md"] = md_escape
-    return env
-
-
 def render_analysis_tables(analyses: list[RunAnalysis], consistency: ConsistencyResult | None = None) -> AnalysisText:
     """LaTeX and Markdown fragments of :func:`analysis_tables`.
 
@@ -342,8 +307,8 @@ def render_analysis_tables(analyses: list[RunAnalysis], consistency: Consistency
     table records.
     """
     tables = analysis_tables(analyses, consistency)
-    latex = _latex_environment().get_template("analysis_tables.tex.j2").render(tables=tables)
-    markdown = _markdown_environment().get_template("analysis_tables.md.j2").render(tables=tables)
+    latex = latex_environment().get_template("analysis_tables.tex.j2").render(tables=tables)
+    markdown = markdown_environment().get_template("analysis_tables.md.j2").render(tables=tables)
     return AnalysisText(latex=latex, markdown=markdown, tables=tables)
 
 

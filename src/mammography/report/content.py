@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mammography.report.tables import MetricTable
 
-__all__ = ["FigureRef", "SeedEntry", "CVEntry", "ReportContent"]
+__all__ = ["FigureRef", "SeedEntry", "CVEntry", "AttentionEntry", "ReportContent"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,26 @@ class CVEntry:
 
 
 @dataclass(frozen=True)
+class AttentionEntry:
+    """The attention analysis of the seed runs (:mod:`mammography.report.attention`).
+
+    Attributes
+    ----------
+    sentences : plain-text summary sentences (escaped by each renderer).
+    latex_tables, markdown_tables : the analysis tables, rendered once from
+        the same rows (:func:`mammography.report.analysis_tables.render_analysis_tables`).
+    table_labels : LaTeX labels of those tables, in order.
+    figures : the consistency figure and the spurious-attention figures of flagged runs.
+    """
+
+    sentences: tuple[str, ...]
+    latex_tables: str
+    markdown_tables: str
+    table_labels: tuple[str, ...] = ()
+    figures: tuple[FigureRef, ...] = ()
+
+
+@dataclass(frozen=True)
 class ReportContent:
     """Everything the generated LaTeX section and Markdown block show."""
 
@@ -75,3 +95,4 @@ class ReportContent:
     command: str = "mammography report-pack"
     version: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    attention: AttentionEntry | None = None

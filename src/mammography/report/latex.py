@@ -48,6 +48,8 @@ _TEX_SPECIALS = {
     "\u2264": r"$\le$",
     "\u2265": r"$\ge$",
     "\u00d7": r"$\times$",
+    "\u03c1": r"$\rho$",
+    "\u2192": r"$\rightarrow$",
 }
 _TEX_RE = re.compile("|".join(re.escape(k) for k in _TEX_SPECIALS))
 
@@ -131,6 +133,11 @@ def render_latex(content: ReportContent, article_dir: str | Path) -> str:
     if content.seed_table is not None:
         seed_table = _table_rows(content.seed_table)
         seed_table["headers"] = [headers[k] for k in content.seed_table.keys]
+    attention = None
+    if content.attention is not None:
+        a = content.attention
+        attention = {"sentences": a.sentences, "tables": a.latex_tables, "table_labels": a.table_labels,
+                     "figures": [fig(f) for f in a.figures]}
     return latex_environment().get_template("density_model.tex.j2").render(
-        content=content, seeds=seeds, seed_table=seed_table, cvs=cvs
+        content=content, seeds=seeds, seed_table=seed_table, cvs=cvs, attention=attention
     )

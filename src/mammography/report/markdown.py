@@ -87,8 +87,12 @@ def render_markdown_block(content: ReportContent, markdown_path: str | Path) -> 
     cvs = [{"cv_id": c.cv_id, "seed": c.seed, "k": c.k, "table": _table(c.table, "Fold"),
             "figures": [fig(f) for f in c.figures]} for c in content.cvs]
     seed_table = _table(content.seed_table, "Seed") if content.seed_table is not None else None
+    attention = None
+    if content.attention is not None:
+        a = content.attention
+        attention = {"sentences": a.sentences, "tables": a.markdown_tables, "figures": [fig(f) for f in a.figures]}
     body = markdown_environment().get_template("density_block.md.j2").render(
-        content=content, seeds=seeds, cvs=cvs, seed_table=seed_table
+        content=content, seeds=seeds, cvs=cvs, seed_table=seed_table, attention=attention
     )
     return f"{BEGIN_MARKER}\n{body.strip()}\n{END_MARKER}\n"
 

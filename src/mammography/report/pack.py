@@ -22,7 +22,10 @@ For every run (and every fold of a cross-validation run) :func:`report_pack`
 5. recomputes the metrics from the recomputed predictions (the table can then
    never show numbers of a model that no longer exists).
 
-Then it renders the LaTeX section and the Markdown block, writes
+With ``analysis`` (the default) the seed runs' maps and probabilities then go
+to the attention analysis (:mod:`mammography.report.attention`): cross-seed
+consistency, spurious attention, localisation, patterns, optionally
+faithfulness. Then it renders the LaTeX section and the Markdown block, writes
 ``report_manifest.json`` (every output with its SHA-256, the source run,
 checkpoint hash, seed, git commit, tool version and parameters) and commits
 all files at once (:class:`~mammography.report.files.FileBatch`). Figures the
@@ -36,6 +39,9 @@ Outputs (``assets`` = ``assets_dir``)::
     assets/density_gradcam_layers_seed{SEED}.png    layer-wise figure per seed run
     assets/gradcam/seed{SEED}/class{L}_{R}_{stem}.png   per-sample overlays
     assets/{CV_ID}/fold_{K}_gradcam.png             class grid per fold
+    assets/density_gradcam_consistency.png, consistency.csv, consistency_summary.json,
+    assets/density_gradcam_spurious_seed{SEED}.png, assets/attention/seed{SEED}/...
+                                                    the attention analysis (:mod:`mammography.report.attention`)
     assets/report_manifest.json
     <tex>                                           LaTeX section
     <markdown>                                      block between markers replaced
@@ -101,6 +107,8 @@ METHOD_LABELS = {
     "xgradcam": "XGrad-CAM",
     "layercam": "LayerCAM",
 }
+#: files a pack writes into the assets folder (a later pack removes the ones it no longer makes)
+_ASSET_SUFFIXES = (".png", ".csv", ".json", ".npz")
 #: how many disagreeing image paths are printed / listed in the manifest
 SHOW_DISAGREEING = 5
 LIST_DISAGREEING = 50
@@ -135,6 +143,13 @@ class ReportOptions:
     progress : show progress bars.
     command : the command line recorded in the outputs; ``None``: the
         canonical one (:func:`command_line`).
+    analysis : analyse the seed runs' attention (cross-seed consistency,
+        spurious attention, localisation, patterns) from the maps already
+        computed for the figures (:mod:`mammography.report.attention`).
+    roi_dir, manifest : where expert-region masks come from when the runs'
+        predictions have no ``roi_path`` (localisation).
+    faithfulness : also run deletion/insertion and the randomisation sanity
+        check on ``faithfulness_images`` images per run.
     """
 
     assets_dir: Path = DEFAULT_ASSETS_DIR
@@ -155,6 +170,11 @@ class ReportOptions:
     cache_dir: Path | None = None
     progress: bool = True
     command: str | None = None
+    analysis: bool = True
+    roi_dir: Path | None = None
+    manifest: Path | None = None
+    faithfulness: bool = False
+    faithfulness_images: int = 16
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values that cannot work (before any model is loaded)."""
@@ -176,6 +196,15 @@ class ReportOptions:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not self.prob_tolerance >= 0:
             raise ConfigError(f"the probability tolerance must be >= 0, got {self.prob_tolerance}")
+        if self.roi_dir is not None and not Path(self.roi_dir).is_dir():
+            raise ConfigError(f"--roi-dir {self.roi_dir} is not a folder; give the folder of the ROI mask PNGs")
+        if self.manifest is not None and not Path(self.manifest).is_file():
+            raise ConfigError(f"--manifest {self.manifest} does not exist; give the manifest CSV of the images")
+        if self.faithfulness_images < 1:
+            raise ConfigError(f"--faithfulness-images must be at least 1, got {self.faithfulness_images}")
+        if (self.faithfulness or self.roi_dir is not None or self.manifest is not None) and not self.analysis:
+            raise ConfigError("--no-analysis turns the attention analysis off; drop --faithfulness, --roi-dir and "
+                              "--manifest, or drop --no-analysis")
         get_colormap(self.colormap)
 
     def parameters(self) -> dict:
@@ -193,6 +222,11 @@ class ReportOptions:
             "strict": self.strict,
             "prob_tolerance": self.prob_tolerance,
             "targets": "predicted class",
+            "analysis": self.analysis,
+            "roi_dir": None if self.roi_dir is None else Path(self.roi_dir).as_posix(),
+            "manifest": None if self.manifest is None else Path(self.manifest).as_posix(),
+            "faithfulness": self.faithfulness,
+            "faithfulness_images": self.faithfulness_images,
         }
 
 
@@ -279,6 +313,8 @@ class ReportResult:
     checks : one prediction check per run and fold.
     layouts : asset path (relative to ``assets_dir``, POSIX) -> :class:`FigureLayout` of each figure.
     selections : run id -> class label -> :class:`ClassSelection`.
+    attention_summary : the attention analysis's summary sentences (empty without it).
+    attention_seconds : wall time of the attention analysis (its figures and tables included).
     """
 
     written: tuple[Path, ...]
@@ -289,6 +325,8 @@ class ReportResult:
     checks: tuple[PredictionCheck, ...]
     layouts: dict = field(default_factory=dict)
     selections: dict = field(default_factory=dict)
+    attention_summary: tuple[str, ...] = ()
+    attention_seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -700,7 +738,7 @@ def _previous_assets(assets_dir: Path) -> list[Path]:
         if not isinstance(entry, dict) or entry.get("kind") in ("latex", "markdown") or "path" not in entry:
             continue
         path = Path(os.path.abspath(root / str(entry["path"])))
-        if root in path.parents and path.suffix == ".png":  # never outside the assets folder
+        if root in path.parents and path.suffix in _ASSET_SUFFIXES:  # never outside the assets folder
             out.append(path)
     return out
 
@@ -766,12 +804,16 @@ def report_pack(
         seed_entries.append(_seed_outputs(pack, ev, selections))
     cv_entries = [_cv_outputs(pack, cv, folds, selections) for cv, folds in cv_evaluated]
 
+    attention, analysis_record, attention_seconds = None, None, 0.0
+    if options.analysis and evaluated:
+        attention, analysis_record, attention_seconds = _attention(pack, evaluated, options)
+
     seed_table = metric_table([(str(ev.run.seed), ev.metrics) for ev in evaluated]) if evaluated else None
     main_layer = (evaluated or [f for _, fs in cv_evaluated for f in fs])[0].layer
     content = ReportContent(
         seeds=tuple(seed_entries), seed_table=seed_table, cvs=tuple(cv_entries), method=canonical_method(options.method),
         layer=main_layer, selection=describe_strategy(options.select), per_class=options.per_class,
-        command=command, version=__version__,
+        command=command, version=__version__, attention=attention,
     )
     tex_path = Path(os.path.abspath(options.tex))
     md_path = Path(os.path.abspath(options.markdown))
@@ -791,6 +833,7 @@ def report_pack(
              "folds": [_run_record(f) for f in folds]}
             for cv, folds in cv_evaluated
         ],
+        "attention": analysis_record,
         "assets": pack.assets,
     }
     manifest_path = pack.batch.add(assets_dir / MANIFEST_NAME,
@@ -801,7 +844,42 @@ def report_pack(
     # 3. all files at once
     written = pack.batch.commit()
     return ReportResult(written=tuple(written), assets_dir=assets_dir, tex=tex_path, markdown=md_path,
-                        manifest=manifest_path, checks=tuple(checks), layouts=pack.layouts, selections=selections)
+                        manifest=manifest_path, checks=tuple(checks), layouts=pack.layouts, selections=selections,
+                        attention_summary=attention.sentences if attention is not None else (),
+                        attention_seconds=attention_seconds)
+
+
+def _attention(pack: _Pack, evaluated: list[EvaluatedRun], options: ReportOptions):
+    """Analyse the seed runs from their maps; stage the files; (report entry, manifest record, seconds)."""
+    import time
+
+    from mammography.data.dataset import default_cache_dir
+    from mammography.report.attention import AttentionSettings, analyse_runs, analysis_options, attention_outputs
+
+    t0 = time.perf_counter()
+    settings = AttentionSettings(roi_dir=options.roi_dir, manifest=options.manifest,
+                                 faithfulness=options.faithfulness, faithfulness_images=options.faithfulness_images)
+    method = canonical_method(options.method)
+    cache = options.cache_dir if options.cache_dir is not None else default_cache_dir()
+
+    def options_for(ev):
+        return analysis_options(settings, method=method, layer=ev.layer, batch_size=options.batch_size,
+                                device=options.device, cache_dir=cache, progress=options.progress)
+
+    analyses, consistency, notes = analyse_runs(evaluated, options_for)
+    for note in notes:
+        log.warning("%s", note)
+    entry = attention_outputs(pack, analyses, evaluated, consistency, notes)
+    seconds = time.perf_counter() - t0
+    log.info("attention analysis of %d run(s): %.1f s", len(analyses), seconds)
+    record = {
+        "runs": {str(ev.run.seed): {k: a.summary.get(k) for k in ("n_images", "n_with_roi", "dense_source",
+                                                                  "spurious", "faithfulness", "sanity")}
+                 for ev, a in zip(evaluated, analyses)},
+        "consistency": None if consistency is None else consistency.summary,
+        "notes": notes,
+    }
+    return entry, record, seconds
 
 
 def _seed_outputs(pack: _Pack, ev: EvaluatedRun, selections: dict) -> SeedEntry:
@@ -900,4 +978,13 @@ def command_line(runs=(), cv_runs=(), options: ReportOptions | None = None) -> s
         argv += ["--layers", *options.layers]
     if options.strict:
         argv.append("--strict")
+    if not options.analysis:
+        argv.append("--no-analysis")
+    for name, flag in (("roi_dir", "--roi-dir"), ("manifest", "--manifest")):
+        if getattr(options, name) is not None:
+            argv += [flag, str(getattr(options, name))]
+    if options.faithfulness:
+        argv.append("--faithfulness")
+        if options.faithfulness_images != default.faithfulness_images:
+            argv += ["--faithfulness-images", str(options.faithfulness_images)]
     return shlex.join(argv)
