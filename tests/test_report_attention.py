@@ -124,7 +124,7 @@ def test_tex_and_markdown_carry_the_tables_and_the_same_numbers(packed):
     summary = json.loads((article / "assets" / "consistency_summary.json").read_text())
     pct = f"{100 * summary['prediction_agreement_rate']:.0f} %"
     sentence = result.attention_summary[0]
-    assert sentence.startswith("Across seed 42 and seed 43") and f"{pct} of the {summary['n_images']}" in sentence
+    assert sentence.startswith("Across seeds 42 and 43") and f"{pct} of the {summary['n_images']}" in sentence
     assert f"{pct} of the {summary['n_images']}".replace("%", "\\%") in tex
     assert f"{pct} of the {summary['n_images']}" in md
     assert "**Table (localisation).**" in md and "| Images | n | IoU |" in md

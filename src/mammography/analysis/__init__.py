@@ -20,7 +20,7 @@ Entry points::
 Names are imported lazily, so ``import mammography.analysis.selection`` stays light.
 """
 
-from importlib import import_module
+from mammography._lazy import lazy_exports
 
 _EXPORTS = {
     # run level
@@ -60,12 +60,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'mammography.analysis' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

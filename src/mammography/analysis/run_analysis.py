@@ -537,6 +537,8 @@ class ImageMasks:
         and padding as the model sees it), for occlusion.
     background : the image's background level (median outside the breast
         and the markers), [0, 1].
+    breast_model : bool (S, S) breast mask in model space (where the
+        randomisation check compares maps).
     """
 
     regions: ImageRegions
@@ -544,6 +546,16 @@ class ImageMasks:
     image: np.ndarray | None
     markers_model: np.ndarray
     background: float
+    breast_model: np.ndarray | None = None
+
+
+def _into_square(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """A mask of the resized image (original orientation) placed in the model square: flipped and padded
+    as the model saw the image."""
+    square = np.zeros((geometry.size, geometry.size), dtype=bool)
+    (top, left), (h, w) = geometry.offset, geometry.resized_shape
+    square[top : top + h, left : left + w] = mask[:, ::-1] if geometry.flipped else mask
+    return square
 
 
 def image_regions(
@@ -598,13 +610,11 @@ def image_regions(
     markers = resize_mask_any(markers_model, grid)
     rest = ~(breast_model | markers_model)
     background = float(np.median(display[rest])) if rest.any() else 0.0
-    # into the model square: flip as the model saw it, pad; a pixel of margin covers the resampling halo
-    in_square = np.zeros((geometry.size, geometry.size), dtype=bool)
-    (top, left), (h, w) = geometry.offset, geometry.resized_shape
-    in_square[top : top + h, left : left + w] = markers_model[:, ::-1] if geometry.flipped else markers_model
-    if in_square.any():
+    in_square = _into_square(markers_model, geometry)
+    if in_square.any():  # a pixel of margin covers the resampling halo
         in_square = ndimage.binary_dilation(in_square, iterations=1)
-    return ImageMasks(ImageRegions.from_masks(breast, markers, n_markers), breast, image, in_square, background)
+    return ImageMasks(ImageRegions.from_masks(breast, markers, n_markers), breast, image, in_square, background,
+                      _into_square(breast_model, geometry))
 
 
 # ---------------------------------------------------------------------------
@@ -753,6 +763,8 @@ def analyze_maps(
         if model is None:
             raise ConfigError("faithfulness and sanity checks need the model")
     y_pred = probs.argmax(axis=1) + 1 if n else np.zeros(0, int)
+    sanity_idx = _sample(n, options.sanity_images, options.seed + 1, paths) if options.sanity else np.zeros(0, int)
+    sanity_breasts: dict[int, np.ndarray] = {}
     records, regions, geometries, occlusion_jobs = [], [], [], []
     dense_sources, roi_count = set(), 0
     for i in range(n):
@@ -771,6 +783,8 @@ def analyze_maps(
         reg, breast, image = masks.regions, masks.breast, masks.image
         if masks.markers_model.any():
             occlusion_jobs.append((i, masks.markers_model, masks.background))
+        if i in sanity_idx:
+            sanity_breasts[i] = masks.breast_model
         heat = map_to_grid(maps[i], geom, grid)
         rec = {
             "image_path": paths[i],
@@ -825,7 +839,8 @@ def analyze_maps(
     t_faith = time.perf_counter() - t1
     t2 = time.perf_counter()
     if options.sanity and n:
-        sanity = _run_sanity(model, dataset, y_pred, paths, options)
+        sanity = _run_sanity(model, dataset, y_pred, sanity_idx, np.stack([sanity_breasts[int(i)] for i in sanity_idx]),
+                             options)
     t_sanity = time.perf_counter() - t2
 
     summary = {
@@ -929,14 +944,15 @@ def _run_faithfulness(model, dataset, maps, y_pred, paths, options: AnalysisOpti
     )
 
 
-def _run_sanity(model, dataset, y_pred, paths, options: AnalysisOptions) -> SanityResult:
-    idx = _sample(len(paths), options.sanity_images, options.seed + 1, paths)
+def _run_sanity(model, dataset, y_pred, idx: np.ndarray, breasts: np.ndarray, options: AnalysisOptions) -> SanityResult:
+    """Cascading randomisation on the sampled images; maps compared inside each breast (a map that is merely
+    high on the breast and low on the background would otherwise correlate with any other such map)."""
     return cascading_randomisation(
         model,
         _inputs(dataset, idx),
         y_pred[idx] - 1,
         explain=cam_explainer(options.method, options.layer, options.batch_size),
-        areas=_image_areas(dataset, idx),
+        areas=torch.from_numpy(breasts),
         seed=options.seed,
     )
 

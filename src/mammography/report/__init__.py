@@ -17,7 +17,7 @@ Entry point::
     result = report_pack(["results_4"], options=ReportOptions(assets_dir="Article/assets"))
 """
 
-from importlib import import_module
+from mammography._lazy import lazy_exports
 
 _EXPORTS = {
     "report_pack": "mammography.report.pack",
@@ -40,12 +40,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'mammography.report' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

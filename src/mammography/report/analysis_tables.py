@@ -78,7 +78,8 @@ class AnalysisText:
 def _num(value, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return _DASH
-    return f"{float(value):.{digits}f}"
+    text = f"{float(value):.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
 
 
 def _ci(d: dict | None, digits: int = 2) -> str:

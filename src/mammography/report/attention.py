@@ -110,8 +110,11 @@ def _num(x, digits: int = 2) -> str:
 
 
 def _names(labels) -> str:
-    names = [f"seed {lab}" if str(lab).isdigit() else str(lab) for lab in labels]
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    """``seed 42`` / ``seeds 42, 43 and 44`` (run ids as they are)."""
+    labels = [str(lab) for lab in labels]
+    seeds = all(lab.isdigit() for lab in labels)
+    joined = labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+    return (("seed " if len(labels) == 1 else "seeds ") + joined) if seeds else joined
 
 
 def _consistency_sentence(c: ConsistencyResult) -> str:

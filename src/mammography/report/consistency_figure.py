@@ -81,7 +81,7 @@ def _runs_text(labels) -> str:
     return f"{kind} {', '.join(map(str, labels))}"
 
 
-def _short_stem(path: str, limit: int = 22) -> str:
+def _short_stem(path: str, limit: int = 18) -> str:
     """The file stem, shortened in the middle so a row header stays on one line."""
     stem = Path(path).stem
     return stem if len(stem) <= limit else f"{stem[: limit // 2 - 1]}\u2026{stem[-(limit // 2):]}"
@@ -131,7 +131,8 @@ def consistency_figure(
             first = result.analyses[0]
             shape = first.grid_shape(first.index_of(path))
             cells = [_tile(a, a.index_of(path), shape) for a in result.analyses]
-            title_group = "Most consistent" if group == "most" else "Least consistent"
+            # short: header (left) and note (right) share one line of a one-column figure
+            title_group = "Most" if group == "most" else "Least"
             rows.append(
                 GridRow(
                     header=f"{title_group} {k + 1} \u00b7 {_short_stem(path)}",

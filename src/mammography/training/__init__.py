@@ -9,7 +9,7 @@ can be used without loading the training loop)::
     compute_metrics(y_true, y_pred, probs) -> dict
 """
 
-from importlib import import_module
+from mammography._lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "mammography.training.train",
@@ -24,12 +24,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'mammography.training' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -20,7 +20,7 @@ Names are imported on first use, so ``import mammography.web`` stays light.
 
 from __future__ import annotations
 
-import importlib
+from mammography._lazy import lazy_exports
 
 _EXPORTS = {
     "build_explorer": "data",
@@ -42,12 +42,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"mammography.web.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'mammography.web' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, {k: f"{__name__}.{v}" for k, v in _EXPORTS.items()})
