@@ -397,13 +397,19 @@ class RegionModel(nn.Module):
         return torch.stack([-z, z], dim=1)
 
 
-def test_deletion_of_the_region_the_model_reads_drops_the_score_faster_than_random():
-    s = 32
+def region_setup(n: int, s: int = 32):
+    """A :class:`RegionModel` reading rows/cols 4-11 of an s x s image, n white images and, per image, a
+    square of the same size elsewhere (rows/cols 20-27)."""
     region = torch.zeros(s, s)
     region[4:12, 4:12] = 1.0
-    model = RegionModel(region)
-    images = torch.ones(2, 1, s, s)
-    right = region[None].expand(2, s, s).clone()
+    elsewhere = torch.zeros(n, s, s, dtype=torch.bool)
+    elsewhere[:, 20:28, 20:28] = True
+    return RegionModel(region), region, torch.ones(n, 1, s, s), elsewhere
+
+
+def test_deletion_of_the_region_the_model_reads_drops_the_score_faster_than_random():
+    model, region, images, elsewhere = region_setup(2)
+    right = region[None].expand(2, *region.shape).clone()
     res = faithfulness(model, images, right, [1, 1], n_steps=16, seed=0)
     a = res.aucs()
     # 64 of 1024 pixels matter: the score collapses within the first 1/16 of the deletion
@@ -413,23 +419,15 @@ def test_deletion_of_the_region_the_model_reads_drops_the_score_faster_than_rand
     s_ = res.summary()
     assert s_["deletion_better_rate"] == 1.0 and s_["insertion_better_rate"] == 1.0
     # a map pointing elsewhere is no better than random order
-    wrong = torch.zeros(2, s, s)
-    wrong[:, 20:28, 20:28] = 1.0
-    w = faithfulness(model, images, wrong, [1, 1], n_steps=16, seed=0).aucs()
+    w = faithfulness(model, images, elsewhere.float(), [1, 1], n_steps=16, seed=0).aucs()
     assert np.all(w["deletion_auc"] > 0.3)
     assert np.all(np.abs(w["deletion_auc"] - w["random_deletion_auc"]) < 0.2)
     assert len(res.table()) == 2 and list(res.table()["target"]) == [2, 2]
 
 
 def test_occluding_the_region_a_model_reads_flips_its_prediction_and_flags_the_marker():
-    s = 32
-    region = torch.zeros(s, s)
-    region[4:12, 4:12] = 1.0
-    model = RegionModel(region)
-    images = torch.ones(3, 1, s, s)
-    on_region = region.bool().expand(3, s, s).clone()
-    elsewhere = torch.zeros(3, s, s, dtype=torch.bool)
-    elsewhere[:, 20:28, 20:28] = True
+    model, region, images, elsewhere = region_setup(3)
+    on_region = region.bool().expand(3, *region.shape).clone()
     fill = torch.zeros(3, 1)
     before = torch.softmax(model(images), 1).detach().numpy()
     painted = occlusion_probabilities(model, images, on_region, fill, batch_size=2)

@@ -546,7 +546,7 @@ class ImageMasks:
     image: np.ndarray | None
     markers_model: np.ndarray
     background: float
-    breast_model: np.ndarray | None = None
+    breast_model: np.ndarray
 
 
 def _into_square(mask: np.ndarray, geometry: Geometry) -> np.ndarray:

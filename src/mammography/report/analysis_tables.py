@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from mammography.analysis.run_analysis import ConsistencyResult, RunAnalysis, run_labels
 from mammography.report.latex import latex_environment
 from mammography.report.markdown import markdown_environment
+from mammography.report.tables import format_percent, format_value
 
 __all__ = [
     "AnalysisTable",
@@ -75,24 +76,13 @@ class AnalysisText:
     tables: tuple[AnalysisTable, ...]
 
 
-def _num(value, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return _DASH
-    text = f"{float(value):.{digits}f}"
-    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
-
-
 def _ci(d: dict | None, digits: int = 2) -> str:
     """``"0.41 [0.38, 0.44]"`` from a ``{mean, low, high}`` dict."""
     if not d or d.get("mean") is None or not math.isfinite(float(d["mean"])):
         return _DASH
     if d.get("low") is None or d["low"] == d["high"]:
-        return _num(d["mean"], digits)
-    return f"{_num(d['mean'], digits)} [{_num(d['low'], digits)}, {_num(d['high'], digits)}]"
-
-
-def _pct(value) -> str:
-    return _DASH if value is None or not math.isfinite(float(value)) else f"{100 * float(value):.0f} %"
+        return format_value(d["mean"], digits)
+    return f"{format_value(d['mean'], digits)} [{format_value(d['low'], digits)}, {format_value(d['high'], digits)}]"
 
 
 def _consistency_table(result: ConsistencyResult) -> AnalysisTable:
@@ -102,10 +92,10 @@ def _consistency_table(result: ConsistencyResult) -> AnalysisTable:
     reasons = s["reasons"]
     rows = (
         ("Shared validation images", str(n)),
-        ("Same predicted class (all seeds)", _pct(s["prediction_agreement_rate"])),
+        ("Same predicted class (all seeds)", format_percent(s["prediction_agreement_rate"])),
         ("Rank correlation of maps (Spearman \u03c1)", _ci(s["mean_rank_correlation"])),
         (f"IoU of top-{100 * th['top_fraction']:.0f} % regions", _ci(s["mean_top_iou"])),
-        ("High agreement", f"{s['n_high_agreement']} ({_pct(s['high_agreement_rate'])})"),
+        ("High agreement", f"{s['n_high_agreement']} ({format_percent(s['high_agreement_rate'])})"),
         ("Review: predictions differ", str(reasons.get("predictions differ", 0))),
         ("Review: attention in different regions", str(reasons.get("attention in different regions", 0))),
         ("Review: attention on an artefact", str(reasons.get("attention on an artefact", 0))),
@@ -135,11 +125,11 @@ def _spurious_table(analyses, labels) -> AnalysisTable:
         cells = [label]
         for kind in ("outside_breast", "border", "marker"):
             digits = 3 if kind == "marker" else 2
-            cells.append(f"{_ci(s[kind], digits)} ({_num(s[kind]['area'], digits)})")
+            cells.append(f"{_ci(s[kind], digits)} ({format_value(s[kind]['area'], digits)})")
         marker = s["marker"]
         cells.append(_DASH if marker.get("occlusion_drop") is None else
-                     f"{_num(marker['occlusion_drop'])} ({_pct(marker.get('dependence_rate'))})")
-        cells.append(_pct(s["image_flag_rate"]))
+                     f"{format_value(marker['occlusion_drop'], 2)} ({format_percent(marker.get('dependence_rate'))})")
+        cells.append(format_percent(s["image_flag_rate"]))
         cells.append("yes: " + ", ".join(r.replace("_", " ") for r in s["reasons"]) if s["flagged"] else "no")
         rows.append(tuple(cells))
     th = analyses[0].summary["spurious"]["thresholds"] if analyses and analyses[0].summary.get("spurious") else {}
@@ -152,12 +142,12 @@ def _spurious_table(analyses, labels) -> AnalysisTable:
             "share a uniform map would get. Drop without markers: mean fall of the predicted class's probability "
             "when the markers are painted with the background (share of images above the threshold). "
             "An image is flagged when more than "
-            f"{_pct(th.get('outside_breast'))} of its mass lies outside the breast, more than "
-            f"{_pct(th.get('border'))} in the border band, or its share on markers exceeds "
-            f"{_num(th.get('marker_enrichment'), 1)} times their area or painting the markers over lowers the "
-            f"predicted class's probability by more than {_num(th.get('marker_dependence'))}; a run is flagged "
+            f"{format_percent(th.get('outside_breast'))} of its mass lies outside the breast, more than "
+            f"{format_percent(th.get('border'))} in the border band, or its share on markers exceeds "
+            f"{format_value(th.get('marker_enrichment'), 1)} times their area or painting the markers over lowers the "
+            f"predicted class's probability by more than {format_value(th.get('marker_dependence'), 2)}; a run is flagged "
             "when more than "
-            f"{_pct(th.get('max_flag_rate'))} of its images are flagged for one kind or its mean exceeds the threshold."
+            f"{format_percent(th.get('max_flag_rate'))} of its images are flagged for one kind or its mean exceeds the threshold."
         ),
         headers=(_first_header(labels), "Outside breast", "Border band", "Markers", "Drop without markers",
                  "Images flagged", "Run flagged"),
@@ -249,14 +239,14 @@ def _faithfulness_table(analyses, labels) -> AnalysisTable | None:
         cells = [label]
         if f:
             cells += [
-                f"{_ci(f['deletion_auc'])} vs {_num(f['random_deletion_auc']['mean'])}",
-                f"{_ci(f['insertion_auc'])} vs {_num(f['random_insertion_auc']['mean'])}",
-                f"{_pct(f['deletion_better_rate'])} / {_pct(f['insertion_better_rate'])}",
+                f"{_ci(f['deletion_auc'])} vs {format_value(f['random_deletion_auc']['mean'], 2)}",
+                f"{_ci(f['insertion_auc'])} vs {format_value(f['random_insertion_auc']['mean'], 2)}",
+                f"{format_percent(f['deletion_better_rate'])} / {format_percent(f['insertion_better_rate'])}",
             ]
         else:
             cells += [_DASH] * 3
         if s:
-            stages = " \u2192 ".join(_num(st["mean_rank_correlation"]) for st in s["stages"])
+            stages = " \u2192 ".join(format_value(st["mean_rank_correlation"], 2) for st in s["stages"])
             cells += [stages, "passed" if s["passed"] else "failed"]
         else:
             cells += [_DASH, _DASH]

@@ -26,11 +26,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from mammography.analysis.run_analysis import AnalysisOptions, ConsistencyResult, RunAnalysis
 from mammography.report.content import AttentionEntry, FigureRef
 from mammography.report.figures import COLUMN_WIDTH_IN
+from mammography.report.tables import format_percent, format_value
 
 __all__ = ["AttentionSettings", "analysis_options", "analyse_runs", "attention_outputs", "attention_sentences"]
 
@@ -101,14 +100,6 @@ def analyse_runs(evaluated, options_for) -> tuple[list[RunAnalysis], Consistency
     return analyses, consistency, notes
 
 
-def _pct(x) -> str:
-    return "\u2014" if x is None or not np.isfinite(x) else f"{100 * x:.0f} %"
-
-
-def _num(x, digits: int = 2) -> str:
-    return "\u2014" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
-
-
 def _names(labels) -> str:
     """``seed 42`` / ``seeds 42, 43 and 44`` (run ids as they are)."""
     labels = [str(lab) for lab in labels]
@@ -119,13 +110,14 @@ def _names(labels) -> str:
 
 def _consistency_sentence(c: ConsistencyResult) -> str:
     s = c.summary
+    rho, iou = format_value(s["mean_rank_correlation"]["mean"], 2), format_value(s["mean_top_iou"]["mean"], 2)
     return (
         f"Across {_names(c.labels)}, the models predict the same density class for "
-        f"{_pct(s['prediction_agreement_rate'])} of the {s['n_images']} shared validation images; inside the "
-        f"breast their Grad-CAM maps have a mean Spearman rank correlation of {_num(s['mean_rank_correlation']['mean'])} "
-        f"and a mean IoU of their top-{100 * s['thresholds']['top_fraction']:.0f} % regions of "
-        f"{_num(s['mean_top_iou']['mean'])}; {s['n_high_agreement']} images ({_pct(s['high_agreement_rate'])}) are "
-        f"high agreement and {s['n_low_agreement']} are marked for review."
+        f"{format_percent(s['prediction_agreement_rate'])} of the {s['n_images']} shared validation images; inside "
+        f"the breast their Grad-CAM maps have a mean Spearman rank correlation of {rho} and a mean IoU of their "
+        f"top-{100 * s['thresholds']['top_fraction']:.0f} % regions of {iou}; {s['n_high_agreement']} images "
+        f"({format_percent(s['high_agreement_rate'])}) are high agreement and {s['n_low_agreement']} are marked "
+        f"for review."
     )
 
 
@@ -135,7 +127,8 @@ def _spurious_sentence(analyses, labels) -> str:
     if not flagged:
         return ("No run is flagged for spurious attention: the heatmap mass outside the breast, in the border band "
                 "and on burned-in markers stays within the thresholds.")
-    parts = [f"{_names([lab])} for attention {', '.join(r.replace('_', ' ') for r in s['reasons'])}" for lab, s in flagged]
+    parts = [f"{_names([lab])} for attention {', '.join(r.replace('_', ' ') for r in s['reasons'])}"
+             for lab, s in flagged]
     return ("Flagged for spurious attention: " + "; ".join(parts)
             + " (example tiles in the spurious-attention figure); treat these models' heatmaps with caution.")
 
@@ -149,8 +142,9 @@ def _localisation_sentence(analyses, labels) -> str | None:
         if not len(rows):
             continue
         r = rows.iloc[0]
-        parts.append(f"{_names([lab])}: IoU {_num(r['iou_mean'])}, pointing game {_pct(r['pointing_hit_mean'])}, "
-                     f"energy pointing {_pct(r['energy_pointing_mean'])}")
+        parts.append(f"{_names([lab])}: IoU {format_value(r['iou_mean'], 2)}, pointing game "
+                     f"{format_percent(r['pointing_hit_mean'])}, "
+                     f"energy pointing {format_percent(r['energy_pointing_mean'])}")
     if not parts:
         return None
     return "Against the expert regions of interest (all classes): " + "; ".join(parts) + "."
@@ -162,12 +156,13 @@ def _faithfulness_sentence(analyses, labels) -> str | None:
         f, s = a.summary.get("faithfulness"), a.summary.get("sanity")
         bits = []
         if f:
-            bits.append(f"deletion AUC {_num(f['deletion_auc']['mean'])} vs {_num(f['random_deletion_auc']['mean'])} "
-                        f"random, insertion AUC {_num(f['insertion_auc']['mean'])} vs "
-                        f"{_num(f['random_insertion_auc']['mean'])} random")
+            auc = {k: format_value(f[k]["mean"], 2)
+                   for k in ("deletion_auc", "random_deletion_auc", "insertion_auc", "random_insertion_auc")}
+            bits.append(f"deletion AUC {auc['deletion_auc']} vs {auc['random_deletion_auc']} random, insertion AUC "
+                        f"{auc['insertion_auc']} vs {auc['random_insertion_auc']} random")
         if s:
             bits.append(f"randomisation check {'passed' if s['passed'] else 'failed'} (final \u03c1 "
-                        f"{_num(s['final_rank_correlation'])})")
+                        f"{format_value(s['final_rank_correlation'], 2)})")
         if bits:
             parts.append(f"{_names([lab])}: " + ", ".join(bits))
     if not parts:

@@ -29,6 +29,7 @@ from mammography.analysis.run_analysis import ConsistencyResult, RunAnalysis
 from mammography.errors import ConfigError
 from mammography.report.figures import FigureLayout, GridRow, draw_grid, figure_png_bytes
 from mammography.report.overlay import DisplayTile
+from mammography.report.tables import format_value
 
 __all__ = [
     "CONSISTENCY_FIGURE",
@@ -179,14 +180,11 @@ def consistency_caption(result: ConsistencyResult, n: int = 3) -> str:
         f"border (attention on an artefact)"
         + (f"; reasons: {'; '.join(review)}" if review else "")
         + f". Over all {s['n_images']} shared images the models agree on the class for "
-        f"{100 * s['prediction_agreement_rate']:.0f} %, mean \u03c1 = {_num(rho['mean'])} "
-        f"(95 % CI {_num(rho['low'])} to {_num(rho['high'])}), mean IoU = {_num(iou['mean'])}, and "
+        f"{100 * s['prediction_agreement_rate']:.0f} %, mean \u03c1 = {format_value(rho['mean'], 2)} "
+        f"(95 % CI {format_value(rho['low'], 2)} to {format_value(rho['high'], 2)}), "
+        f"mean IoU = {format_value(iou['mean'], 2)}, and "
         f"{s['n_high_agreement']} images ({100 * s['high_agreement_rate']:.0f} %) are high agreement."
     )
-
-
-def _num(value, digits: int = 2) -> str:
-    return "\u2014" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
 def _region(analysis: RunAnalysis, i: int, kind: str) -> np.ndarray:
@@ -262,13 +260,14 @@ def spurious_caption(analysis: RunAnalysis, kinds=None, label: str | None = None
     for kind in kinds:
         k = s[kind]
         if kind == "marker":
-            level = (f"mean share {_num(k['mean'], 3)}, {_num(k.get('enrichment'), 1)} times the markers' area "
-                     f"share (threshold {_num(k['threshold'], 1)} times)")
+            level = (f"mean share {format_value(k['mean'], 3)}, {format_value(k.get('enrichment'), 1)} times the "
+                     f"markers' area share (threshold {format_value(k['threshold'], 1)} times)")
             if k.get("occlusion_drop") is not None:
                 level += (f"; painting the markers over lowers the predicted class's probability by "
-                          f"{_num(k['occlusion_drop'])} on average")
+                          f"{format_value(k['occlusion_drop'], 2)} on average")
         else:
-            level = f"mean share {_num(k['mean'])} (uniform map: {_num(k['area'])}; threshold {_num(k['threshold'])})"
+            level = (f"mean share {format_value(k['mean'], 2)} (uniform map: {format_value(k['area'], 2)}; "
+                     f"threshold {format_value(k['threshold'], 2)})")
         parts.append(f"{_KIND_TEXT[kind]}: {level}, {100 * k['image_flag_rate']:.0f} % of images flagged")
     verdict = "flagged" if s["flagged"] else "not flagged"
     return (

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["METRIC_COLUMNS", "MetricTable", "metric_table", "format_value"]
+__all__ = ["METRIC_COLUMNS", "MetricTable", "metric_table", "format_value", "format_percent"]
 
 #: (metrics key, LaTeX header, Markdown header), in table order
 METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -26,10 +26,18 @@ _MISSING = "\u2014"  # em dash
 
 
 def format_value(value: float | None, digits: int = 3) -> str:
-    """``0.8123 -> "0.812"``; None or NaN -> an em dash."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """``0.8123 -> "0.812"``; None, NaN or infinite -> an em dash; a value that rounds to zero has no sign."""
+    if value is None or not math.isfinite(float(value)):
         return _MISSING
-    return f"{float(value):.{digits}f}"
+    text = f"{float(value):.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def format_percent(value: float | None) -> str:
+    """``0.825 -> "82 %"`` (whole percent); None, NaN or infinite -> an em dash."""
+    if value is None or not math.isfinite(float(value)):
+        return _MISSING
+    return f"{100 * float(value):.0f} %"
 
 
 @dataclass(frozen=True)
