@@ -28,7 +28,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mammography.analysis.run_analysis import AnalysisOptions, _build_dataset, _compute_maps, analyze_maps, analyze_run
+from mammography.analysis.run_analysis import AnalysisOptions, analyze_maps, analyze_run
+from mammography.cam.sweep import sweep_run
 from mammography.runs import load_run
 
 pytestmark = pytest.mark.slow
@@ -103,9 +104,9 @@ def random_maps(clean_run, options):
 
     torch.manual_seed(SEED)
     model = build_density_model().eval()
-    dataset = _build_dataset(clean_run, clean_run.predictions["image_path"].tolist(), options)
-    maps, probs = _compute_maps(model, dataset, options, "random")
-    return analyze_maps(clean_run, dataset, maps, probs, model=model, options=options)
+    sweep = sweep_run(clean_run, options.layer, options.method, device="cpu", progress=False, model=model)
+    return analyze_maps(clean_run, clean_run.dataset(), sweep.maps[sweep.layers[-1]], sweep.probs, model=model,
+                        options=options)
 
 
 def test_trained_model_attends_to_dense_tissue_more_than_its_area_share(clean_run, clean, random_maps):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from mammography.data.preprocess import Preprocessing
 from mammography.data.dataset import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -93,7 +94,7 @@ def test_cache_hit_is_read_from_disk_not_decoded_again(phantoms, tmp_path):
     path = phantoms["image_path"][0]
     ds = MammogramDataset([path], img_size=SIZE, cache_dir=cache_dir)
     ds.square(0)
-    npy, _ = DecodedImageCache(cache_dir, SIZE).entry_paths(path)
+    npy, _ = DecodedImageCache(cache_dir, Preprocessing.fit_pad(SIZE)).entry_paths(path)
     marker = np.full((SIZE, SIZE), 65535 // 4, dtype=np.uint16)
     np.save(npy, marker)  # overwrite the entry: a decode would not give this
     fresh = MammogramDataset([path], img_size=SIZE, cache_dir=cache_dir)
@@ -105,12 +106,17 @@ def test_cache_key_follows_content_and_settings(phantoms, tmp_path):
     src = phantoms["image_path"][0]
     copy = tmp_path / "renamed.dcm"
     shutil.copy(src, copy)
-    cache = DecodedImageCache(cache_dir, SIZE)
+    cache = DecodedImageCache(cache_dir, Preprocessing.fit_pad(SIZE))
     # same bytes under another name: same entry
     assert cache.key(src) == cache.key(copy)
     # other settings: other entries
-    assert DecodedImageCache(cache_dir, SIZE * 2).key(src) != cache.key(src)
-    assert DecodedImageCache(cache_dir, SIZE, normalise_laterality=False).key(src) != cache.key(src)
+    assert DecodedImageCache(cache_dir, Preprocessing.fit_pad(SIZE * 2)).key(src) != cache.key(src)
+    unflipped = Preprocessing.fit_pad(SIZE, normalise_laterality=False)
+    assert DecodedImageCache(cache_dir, unflipped).key(src) != cache.key(src)
+    # the earlier project's pipeline never shares an entry with this project's
+    assert DecodedImageCache(cache_dir, Preprocessing.pipelines_crop(SIZE)).key(src) != cache.key(src)
+    # normalisation is applied after the cache: it does not split entries
+    assert DecodedImageCache(cache_dir, Preprocessing.fit_pad(SIZE, mean=0.5, std=0.25)).key(src) == cache.key(src)
     # other bytes: other entry (the memo is keyed by size/mtime, so it notices)
     other = phantoms["image_path"][1]
     shutil.copy(other, copy)

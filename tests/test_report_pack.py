@@ -106,7 +106,7 @@ def test_rows_say_how_many_images_a_class_has(packed):
     assert layout.row(4).n_tiles == 0 and layout.row(4).message == "no validation images"
     # annotations are the recomputed predictions of the selected images
     preds = pd.read_csv(run_dir / "val_predictions.csv")
-    sel = result.selections["results"]
+    sel = result.selections["mammo_efficientnetb0_density/results"]
     for label in (1, 2, 3):
         for i, text in zip(sel[label].indices, layout.row(label).labels):
             row = preds.iloc[i]
@@ -236,13 +236,20 @@ def _tamper(run_dir: Path, dest: Path) -> tuple[Path, str]:
 def test_disagreement_is_counted_and_named(trained, tmp_path):
     _, run_dir, cache = trained
     copy, image = _tamper(run_dir, tmp_path)
+    metrics_file = copy / "metrics" / "val_metrics.json"
+    metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()), "acc": 0.123}))
     result = report_pack([copy], options=_options(tmp_path / "Article", cache))
     (check,) = result.checks
     assert check.n_disagree == 1 and check.disagreeing == (image,)
     assert "1 of 10 validation images disagree" in check.message() and image in check.message()
     manifest = json.loads((tmp_path / "Article" / "assets" / MANIFEST_NAME).read_text())
     assert manifest["runs"][0]["n_disagree"] == 1
-    assert "1 of 10 recomputed predictions disagree" in (tmp_path / "Article" / "sections" / "density_model.tex").read_text()
+    tex = (tmp_path / "Article" / "sections" / "density_model.tex").read_text()
+    assert "1 of 10 predictions recomputed from the checkpoint differ from the run's stored val\\_predictions.csv" in tex
+    # the table shows the recomputed metrics, and the stored ones beside them since they read differently
+    assert "Rows marked (stored)" in tex
+    stored_row = next(line for line in tex.splitlines() if line.startswith("42 (stored)"))
+    assert "0.123" in stored_row
 
 
 def _cli(*args, cwd, cache, monkeypatch, capsys):

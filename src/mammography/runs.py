@@ -64,7 +64,7 @@ import glob
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -73,25 +73,39 @@ import pandas as pd
 from torch import nn
 
 from mammography.data.labels import CLASS_LETTERS, parse_label
-from mammography.errors import RunError
+from mammography.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from mammography.errors import ConfigError, ImageReadError, RunError
 from mammography.models.checkpoint import checkpoint_sha256, load_density_checkpoint
 from mammography.training.metrics import SCALAR_METRICS
 
 __all__ = [
     "CVRun",
+    "DEFAULT_PROB_TOLERANCE",
     "DEFAULT_RUN_FOLDERS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "PIPELINES_WRITER",
+    "OUR_WRITER",
+    "PredictionCheck",
     "Run",
+    "StoredPredictions",
     "is_cv_root",
     "load_cv_run",
     "load_run",
+    "metrics_differ",
     "normalise_metrics",
     "resolve_runs",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+#: who wrote a run: this project, or the earlier mammography-pipelines project
+OUR_WRITER = "mammography"
+PIPELINES_WRITER = "mammography-pipelines"
+#: largest probability difference still counted as the same prediction: a
+#: near tie may flip under another precision (bf16 on a GPU) without the
+#: checkpoint or the input having changed
+DEFAULT_PROB_TOLERANCE = 0.05
+#: how many disagreeing image paths a message names
+SHOW_DISAGREEING = 5
 #: sub-folders of the outputs root where runs are written by default
 #: (train-density, cross-validate)
 DEFAULT_RUN_FOLDERS = ("mammo_efficientnetb0_density", "density_experiments")
@@ -100,6 +114,7 @@ PROB_COLUMNS = tuple(f"p_{letter}" for letter in CLASS_LETTERS)
 CHECKPOINT_NAMES = ("best_model.pth", "best_model.pt")
 #: metric files, ours first; the newer CV variant writes metrics.json at the root
 METRICS_FILES = ("metrics/val_metrics.json", "metrics.json", "val_metrics.json")
+PIPELINES_BEST_METRICS = "metrics/best_metrics.json"
 PATH_COLUMNS = ("image_path", "roi_path", "breast_mask_path")
 OPTIONAL_COLUMNS = ("accession", "patient_id", "view", "laterality", "roi_path", "breast_mask_path")
 LABEL_COLUMNS = ("raw_label", "professional_label", "density_label", "label")
@@ -121,6 +136,85 @@ _SEED_RE = re.compile(r"seed[_-]?(\d+)", re.IGNORECASE)
 _K_RE = re.compile(r"(?:^|_)k(\d+)(?:_|$)")
 
 
+@dataclass(frozen=True)
+class StoredPredictions:
+    """A prediction set the run wrote itself, aligned with ``Run.predictions``.
+
+    Attributes
+    ----------
+    source : where it was read, e.g. ``"val_predictions.csv"`` or
+        ``"metrics/best_metrics.json (val_rows)"``.
+    y_pred : (N,) int 1..4.
+    probs : (N, 4) float64.
+    epoch : the training epoch it was written at, when the run says so.
+    """
+
+    source: str
+    y_pred: np.ndarray
+    probs: np.ndarray
+    epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class PredictionCheck:
+    """Predictions recomputed from the checkpoint compared with the run's stored ones.
+
+    The one rule every command uses to decide that an image's two predictions
+    *differ* (:meth:`Run.check_predictions`): any class probability differs
+    by more than ``tolerance``, or the stored prediction is beaten by more
+    than ``tolerance`` (a near tie flipping under another precision is not a
+    difference).
+
+    Attributes
+    ----------
+    run_id : the run.
+    n_images : validation images compared.
+    differs : (N,) bool, per image in ``Run.predictions`` order.
+    disagreeing : image paths that differ, in order.
+    max_prob_diff : largest absolute probability difference.
+    source : the stored prediction set compared against.
+    note : why the two sets may legitimately differ (e.g. they come from
+        different epochs), or "".
+    tolerance : the probability tolerance used.
+    """
+
+    run_id: str
+    n_images: int
+    differs: np.ndarray
+    disagreeing: tuple[str, ...]
+    max_prob_diff: float
+    source: str = "val_predictions.csv"
+    note: str = ""
+    tolerance: float = DEFAULT_PROB_TOLERANCE
+
+    @property
+    def n_disagree(self) -> int:
+        return len(self.disagreeing)
+
+    def message(self) -> str:
+        """One line, e.g. ``"seed42/results: 3 of 120 validation images disagree with ..."``."""
+        note = f" ({self.note})" if self.note else ""
+        if not self.disagreeing:
+            return (f"{self.run_id}: all {self.n_images} predictions recomputed from the checkpoint agree with "
+                    f"{self.source}{note}")
+        shown = ", ".join(self.disagreeing[:SHOW_DISAGREEING])
+        more = f" and {self.n_disagree - SHOW_DISAGREEING} more" if self.n_disagree > SHOW_DISAGREEING else ""
+        cause = note or " (the checkpoint, or the images, changed after the run wrote them)"
+        return (f"{self.run_id}: {self.n_disagree} of {self.n_images} validation images disagree with "
+                f"{self.source}: the predictions recomputed from the checkpoint differ{cause}, max probability "
+                f"difference {self.max_prob_diff:.3f}: {shown}{more}")
+
+
+def metrics_differ(recomputed: dict, stored: dict, digits: int = 3) -> bool:
+    """True when a scalar metric read with ``digits`` decimals differs between two
+    metric sets (a missing or non-finite value differs from any number)."""
+
+    def shown(value):
+        return None if value is None or not math.isfinite(float(value)) else round(float(value), digits) + 0.0
+
+    return any(shown(recomputed.get(k)) != shown(stored.get(k)) for k in SCALAR_METRICS)
+
+
 @dataclass(eq=False)
 class Run:
     """One trained run directory, normalised.
@@ -130,31 +224,46 @@ class Run:
     path : Path
         The run directory (absolute).
     run_id : str
-        Directory name; ``"<cv root>/fold_<n>"`` for a cross-validation fold.
+        Directory name; ``"<parent>/results"`` for a folder named ``results``
+        (the earlier project always used that name, so the parent tells
+        seeds apart); ``"<cv root>/fold_<n>"`` for a cross-validation fold.
     seed : int or None
         Training seed (summary.json, else the folder name).
     checkpoint : Path
         ``best_model.pth`` (or the earlier project's ``best_model.pt``).
     predictions : pandas.DataFrame
         ``image_path`` (absolute), ``y_true``/``y_pred`` (1..4), ``confidence``,
-        ``p_A..p_D``, then optional and extra columns (module docstring).
+        ``p_A..p_D``, then optional and extra columns (module docstring), as
+        stored in ``val_predictions.csv``.
     probabilities : numpy.ndarray
         (N, 4) float64, row ``i`` = ``p_A..p_D`` of prediction ``i``.
     metrics : dict
         ``acc, kappa_quadratic, macro_f1, auc_ovr, bal_acc, bal_acc_adj`` ->
-        float or None.
-    img_size : int
-        Side of the square model input.
-    mean, std : tuple of 3 floats
-        Input normalisation (ImageNet when summary.json has null).
-    normalise_laterality : bool
-        Whether right breasts were flipped before the model saw them.
+        float or None, of the checkpoint's epoch where the run says which
+        file holds them (``metrics_source``).
+    preprocessing : Preprocessing
+        How an image becomes this model's input (the one record every
+        command uses; see :mod:`mammography.data.preprocess`).
     summary : dict
         summary.json as read.
     fold : int or None
         Fold number as in the folder name, for cross-validation folds.
     metrics_raw : dict
         The metrics file as read (confusion matrix, report ...).
+    writer : str
+        :data:`OUR_WRITER` or :data:`PIPELINES_WRITER`.
+    stored : StoredPredictions
+        The stored predictions recomputed ones are compared with: those of
+        the checkpoint's own epoch when the run kept them, else
+        ``val_predictions.csv``.
+    checkpoint_epoch : int or None
+        The epoch the checkpoint's weights come from, when known.
+    metrics_source : str
+        The file ``metrics`` was read from (relative to the run).
+    notes : list of str
+        Things found while reading that the user should know (one line each).
+    missing_images : dict
+        Stored image path -> every location tried, for images not found.
     """
 
     path: Path
@@ -164,13 +273,38 @@ class Run:
     predictions: pd.DataFrame
     probabilities: np.ndarray
     metrics: dict
-    img_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    normalise_laterality: bool
+    preprocessing: Preprocessing
     summary: dict
     fold: int | None = None
     metrics_raw: dict = field(default_factory=dict)
+    writer: str = OUR_WRITER
+    stored: StoredPredictions | None = None
+    checkpoint_epoch: int | None = None
+    metrics_source: str = ""
+    notes: list = field(default_factory=list)
+    missing_images: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.stored is None:
+            y_pred = self.predictions["y_pred"].to_numpy(dtype=int)
+            self.stored = StoredPredictions("val_predictions.csv", y_pred, np.asarray(self.probabilities, np.float64))
+
+    # the model input is the preprocessing record's; these read it
+    @property
+    def img_size(self) -> int:
+        return self.preprocessing.img_size
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.preprocessing.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.preprocessing.std
+
+    @property
+    def normalise_laterality(self) -> bool:
+        return self.preprocessing.normalise_laterality
 
     @cached_property
     def checkpoint_sha256(self) -> str:
@@ -187,6 +321,85 @@ class Run:
             :mod:`mammography.models.checkpoint`).
         """
         return load_density_checkpoint(self.checkpoint, num_classes=len(PROB_COLUMNS), device=device)
+
+    def dataset(self, cache_dir=None, rows=None):
+        """The validation images as this run's model input (the run's preprocessing).
+
+        Parameters
+        ----------
+        cache_dir : decoded-image cache folder, or None (decode every time).
+        rows : row positions of ``predictions`` to include (default: all).
+
+        Returns
+        -------
+        mammography.data.dataset.MammogramDataset
+        """
+        from mammography.data.dataset import MammogramDataset
+
+        table = self.predictions if rows is None else self.predictions.iloc[list(rows)]
+        lateralities = table["laterality"].tolist() if "laterality" in table else None
+        labels = table["y_true"].astype(int).tolist()
+        return MammogramDataset(table["image_path"].astype(str).tolist(), labels, cache_dir=cache_dir,
+                                preprocessing=self.preprocessing, lateralities=lateralities)
+
+    def require_images(self) -> None:
+        """Raise :class:`ImageReadError` naming every place tried when an image is missing."""
+        if not self.missing_images:
+            return
+        stored, tried = next(iter(self.missing_images.items()))
+        more = len(self.missing_images) - 1
+        others = f" ({more} more image{'s' if more != 1 else ''} missing)" if more else ""
+        raise ImageReadError(
+            f"{self.run_id}: validation image {stored} not found; tried {', '.join(tried)}{others}. "
+            "Run the command from the folder the run was trained in, or move the images back"
+        )
+
+    def check_predictions(self, probs: np.ndarray, tolerance: float = DEFAULT_PROB_TOLERANCE,
+                          rows=None) -> PredictionCheck:
+        """Compare probabilities recomputed from the checkpoint with the stored ones.
+
+        Parameters
+        ----------
+        probs : (N, 4) recomputed probabilities, in ``predictions`` order
+            (or in the order of ``rows``).
+        tolerance : largest probability difference still counted as agreement.
+        rows : positions in ``predictions`` that ``probs`` belong to (default: all).
+
+        Returns
+        -------
+        PredictionCheck (its ``differs`` is the per-image verdict every
+        command shows).
+        """
+        rows = np.arange(len(self.predictions)) if rows is None else np.asarray(rows, dtype=int)
+        stored = replace(self.stored, y_pred=self.stored.y_pred[rows], probs=self.stored.probs[rows])
+        probs = np.asarray(probs, dtype=np.float64)
+        paths = self.predictions["image_path"].astype(str).to_numpy()[rows].tolist()
+        if probs.shape != stored.probs.shape:
+            raise RunError(f"{self.run_id}: {probs.shape[0]} recomputed predictions for {len(paths)} stored ones")
+        if not len(paths):
+            return PredictionCheck(self.run_id, 0, np.zeros(0, bool), (), 0.0, stored.source, self._epoch_note(),
+                                   tolerance)
+        diff = np.abs(stored.probs - probs).max(axis=1)
+        rows = np.arange(len(paths))
+        y_pred = probs.argmax(axis=1) + 1
+        beaten = probs[rows, y_pred - 1] - probs[rows, stored.y_pred - 1]
+        differs = (diff > tolerance) | ((stored.y_pred != y_pred) & (beaten > tolerance))
+        return PredictionCheck(
+            run_id=self.run_id,
+            n_images=len(paths),
+            differs=differs,
+            disagreeing=tuple(p for p, d in zip(paths, differs) if d),
+            max_prob_diff=float(diff.max()),
+            source=stored.source,
+            note=self._epoch_note(),
+            tolerance=tolerance,
+        )
+
+    def _epoch_note(self) -> str:
+        epoch, ckpt = self.stored.epoch, self.checkpoint_epoch
+        if epoch is not None and ckpt is not None and epoch != ckpt:
+            return f"{self.stored.source} is from epoch {epoch}, the checkpoint from epoch {ckpt}"
+        return ""
 
 
 @dataclass(eq=False)
@@ -244,8 +457,11 @@ def _find_checkpoint(run_dir: Path) -> Path:
     )
 
 
-def _find_metrics(run_dir: Path) -> Path:
-    for name in METRICS_FILES:
+def _find_metrics(run_dir: Path, writer: str = OUR_WRITER) -> Path:
+    # the earlier project's best_metrics.json is the checkpoint's epoch; its
+    # val_metrics.json the last epoch's
+    names = (PIPELINES_BEST_METRICS, *METRICS_FILES) if writer == PIPELINES_WRITER else METRICS_FILES
+    for name in names:
         if (run_dir / name).is_file():
             return run_dir / name
     raise _missing(run_dir / METRICS_FILES[0], f"a run directory needs it (also looked for {METRICS_FILES[1]})")
@@ -275,13 +491,6 @@ def _img_size(summary: dict, source: Path) -> int:
             f"there (as {TRAIN_WRITER} does)"
         )
     return int(value)
-
-
-def _normalise_laterality(summary: dict) -> bool:
-    preprocess = summary.get("preprocess")
-    if isinstance(preprocess, dict) and "normalise_laterality" in preprocess:
-        return bool(preprocess["normalise_laterality"])
-    return bool(summary.get("normalise_laterality", False))
 
 
 def _seed(summary: dict, paths: list[Path]) -> int | None:
@@ -420,17 +629,39 @@ def _is_zero_based(table: pd.DataFrame, y_true: np.ndarray, y_pred: np.ndarray, 
     return "probs" in table and not all(c in table for c in PROB_COLUMNS)
 
 
-def _absolute_path(value, run_dir: Path, cwd: Path):
-    """Relative -> cwd when the file exists there, else the run directory."""
+def _path_bases(run_dir: Path, summary: dict) -> list[Path]:
+    """Where relative image paths are looked up, in order: the run directory,
+    the working directory, then the folder the run was trained from
+    (summary.json ``reproducibility.cwd``, or ``cwd``)."""
+    bases = [run_dir, Path.cwd()]
+    rep = summary.get("reproducibility")
+    trained_in = rep.get("cwd") if isinstance(rep, dict) else summary.get("cwd")
+    if isinstance(trained_in, str) and trained_in.strip():
+        bases.append(Path(trained_in).expanduser())
+    unique: list[Path] = []
+    for base in bases:
+        if base not in unique:
+            unique.append(base)
+    return unique
+
+
+def _absolute_path(value, bases: list[Path], missing: dict | None = None):
+    """A stored path made absolute: kept when absolute, else the first base
+    where the file exists; when none has it, the first base's (and every
+    place tried goes into ``missing``)."""
     if not isinstance(value, str) or not value.strip():
         return None
     path = Path(value.strip()).expanduser()
-    if path.is_absolute():
-        return str(path)
-    return str(cwd / path) if (cwd / path).exists() else str(run_dir / path)
+    candidates = [path] if path.is_absolute() else [base / path for base in bases]
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    if missing is not None:
+        missing[value.strip()] = [str(c) for c in candidates]
+    return str(candidates[0])
 
 
-def _read_predictions(run_dir: Path) -> tuple[pd.DataFrame, np.ndarray]:
+def _read_predictions(run_dir: Path, bases: list[Path], missing: dict) -> tuple[pd.DataFrame, np.ndarray]:
     source = run_dir / "val_predictions.csv"
     if not source.is_file():
         raise _missing(source)
@@ -457,8 +688,7 @@ def _read_predictions(run_dir: Path) -> tuple[pd.DataFrame, np.ndarray]:
     if not ((y_true >= 1) & (y_true <= n_classes) & (y_pred >= 1) & (y_pred <= n_classes)).all():
         raise RunError(f"{source}: y_true/y_pred must be 1..4 (or 0..3)")
 
-    cwd = Path.cwd()
-    out = pd.DataFrame({"image_path": [_absolute_path(v, run_dir, cwd) for v in table["image_path"]]})
+    out = pd.DataFrame({"image_path": [_absolute_path(v, bases, missing) for v in table["image_path"]]})
     if out["image_path"].isna().any():
         raise RunError(f"{source}: image_path is empty on row {int(out['image_path'].isna().idxmax()) + 2}")
     out["y_true"] = y_true
@@ -474,7 +704,7 @@ def _read_predictions(run_dir: Path) -> tuple[pd.DataFrame, np.ndarray]:
         if column in table:
             values = table[column].to_numpy()
             if column in PATH_COLUMNS:  # object dtype keeps None for "no mask" cells
-                values = pd.Series([_absolute_path(v, run_dir, cwd) for v in values], dtype=object, index=out.index)
+                values = pd.Series([_absolute_path(v, bases) for v in values], dtype=object, index=out.index)
             out[column] = values
     replaced = {"probs", *out.columns}
     for column in table.columns:
@@ -558,15 +788,18 @@ def load_run(path: str | Path) -> Run:
         candidates = [context[1] / "summary.json", context[0] / "summary.json"]
         summary_path = next((p for p in candidates if p.is_file()), summary_path)
     summary = _read_json(summary_path)
-    predictions, probabilities = _read_predictions(run_dir)
-    metrics_raw = _read_json(_find_metrics(run_dir))
+    writer = _writer(summary)
+    missing: dict[str, list[str]] = {}
+    predictions, probabilities = _read_predictions(run_dir, _path_bases(run_dir, summary), missing)
+    metrics_path = _find_metrics(run_dir, writer)
+    metrics_raw = _read_json(metrics_path)
 
     if context is not None:
         root, fold_dir = context
         run_id, fold, name_paths = f"{root.name}/{fold_dir.name}", _fold_number(fold_dir), [run_dir, fold_dir, root]
     else:
-        run_id, fold, name_paths = run_dir.name, None, [run_dir]
-    return Run(
+        run_id, fold, name_paths = _run_id(run_dir), None, [run_dir, run_dir.parent]
+    run = Run(
         path=run_dir,
         run_id=run_id,
         seed=_seed(summary, name_paths),
@@ -574,14 +807,90 @@ def load_run(path: str | Path) -> Run:
         predictions=predictions,
         probabilities=probabilities,
         metrics=normalise_metrics(metrics_raw, predictions["y_true"].to_numpy()),
-        img_size=_img_size(summary, summary_path),
-        mean=_as_triple(summary.get("mean"), IMAGENET_MEAN, "mean", summary_path),
-        std=_as_triple(summary.get("std"), IMAGENET_STD, "std", summary_path),
-        normalise_laterality=_normalise_laterality(summary),
+        preprocessing=_preprocessing(summary, summary_path, writer, run_dir),
         summary=summary,
         fold=fold,
         metrics_raw=metrics_raw,
+        writer=writer,
+        metrics_source=metrics_path.relative_to(run_dir).as_posix(),
+        missing_images=missing,
     )
+    _attach_epochs(run)
+    return run
+
+
+def _run_id(run_dir: Path) -> str:
+    """The folder name; ``<parent>/results`` for the name every earlier-project run has."""
+    if run_dir.name == "results" and run_dir.parent != run_dir:
+        return f"{run_dir.parent.name}/results"
+    return run_dir.name
+
+
+def _writer(summary: dict) -> str:
+    """This project records its preprocessing in summary.json; the earlier project never did."""
+    return OUR_WRITER if isinstance(summary.get("preprocess"), dict) else PIPELINES_WRITER
+
+
+def _preprocessing(summary: dict, source: Path, writer: str, run_dir: Path) -> Preprocessing:
+    """The run's one preprocessing record (see :mod:`mammography.data.preprocess`)."""
+    img_size = _img_size(summary, source)
+    mean = _as_triple(summary.get("mean"), IMAGENET_MEAN, "mean", source)
+    std = _as_triple(summary.get("std"), IMAGENET_STD, "std", source)
+    try:
+        if writer == OUR_WRITER:
+            return Preprocessing.from_record(summary["preprocess"], img_size=img_size, mean=mean, std=std,
+                                             source=f"{source} (preprocess)")
+        evidence = ["summary.json has no preprocess record"]
+        if isinstance(summary.get("reproducibility"), dict):
+            evidence.append("has a reproducibility block")
+        if (run_dir / "best_model.pt").is_file():
+            evidence.append("best_model.pt")
+        return Preprocessing.pipelines_crop(
+            img_size, mean, std, source="earlier mammography-pipelines run (" + ", ".join(evidence) + ")")
+    except ConfigError as exc:
+        raise RunError(f"{source}: {exc}") from None
+
+
+def _int_value(value) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return int(value) if int(value) == value else None
+
+
+def _history_last_epoch(run_dir: Path) -> int | None:
+    """The last epoch listed in train_history.csv, if the run has one."""
+    path = run_dir / "train_history.csv"
+    if not path.is_file():
+        return None
+    try:
+        epochs = pd.to_numeric(pd.read_csv(path, usecols=["epoch"])["epoch"], errors="coerce").dropna()
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None
+    return int(epochs.max()) if len(epochs) else None
+
+
+def _attach_epochs(run: Run) -> None:
+    """Which epochs the checkpoint and the stored predictions come from.
+
+    This project writes the checkpoint, val_predictions.csv and the metrics
+    of one saved epoch together. The earlier project rewrote
+    val_predictions.csv (and metrics/val_metrics.json) after every epoch
+    while best_model.pt keeps the best epoch: there the CSV is the last
+    epoch's, and the best epoch's metrics (metrics/best_metrics.json) belong
+    to the checkpoint.
+    """
+    summary = run.summary
+    if run.writer == OUR_WRITER:
+        run.checkpoint_epoch = _int_value(summary.get("saved_epoch", summary.get("best_epoch")))
+        run.stored = replace(run.stored, epoch=run.checkpoint_epoch)
+        return
+    run.checkpoint_epoch = _int_value(summary.get("best_epoch"))
+    last = _history_last_epoch(run.path)
+    run.stored = replace(run.stored, epoch=last)
+    if last is not None and run.checkpoint_epoch is not None and last != run.checkpoint_epoch:
+        run.notes.append(f"{run.run_id}: val_predictions.csv is from epoch {last}, the checkpoint from epoch "
+                         f"{run.checkpoint_epoch} (the earlier project rewrote the CSV after every epoch); "
+                         f"metrics are read from {run.metrics_source}")
 
 
 def _declared_k(root: Path, summary: dict) -> int | None:

@@ -552,10 +552,7 @@ class ImageMasks:
 def _into_square(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
     """A mask of the resized image (original orientation) placed in the model square: flipped and padded
     as the model saw the image."""
-    square = np.zeros((geometry.size, geometry.size), dtype=bool)
-    (top, left), (h, w) = geometry.offset, geometry.resized_shape
-    square[top : top + h, left : left + w] = mask[:, ::-1] if geometry.flipped else mask
-    return square
+    return geometry.place_resized(np.asarray(mask, dtype=bool))
 
 
 def image_regions(
@@ -628,38 +625,6 @@ def _device(name: str) -> torch.device:
     return resolve_device(name)
 
 
-def _build_dataset(run, paths: list[str], options: AnalysisOptions):
-    from mammography.data.dataset import MammogramDataset
-
-    return MammogramDataset(
-        paths,
-        img_size=run.img_size,
-        normalise_laterality=run.normalise_laterality,
-        mean=run.mean,
-        std=run.std,
-        cache_dir=options.cache_dir,
-    )
-
-
-def _compute_maps(model, dataset, options: AnalysisOptions, run_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """Raw CAMs of the predicted class (N, h, w) and probabilities (N, 4) in one batched pass."""
-    from tqdm.auto import tqdm
-
-    from mammography.cam import create_cam
-
-    cam = create_cam(options.method, model, layers=options.layer)
-    maps, probs = [], []
-    starts = range(0, len(dataset), options.batch_size)
-    for start in tqdm(starts, desc=f"CAM {run_id}", unit="batch", disable=not options.progress, leave=False):
-        batch = torch.stack([dataset[i]["image"] for i in range(start, min(len(dataset), start + options.batch_size))])
-        res = cam(batch).cpu()
-        maps.append(res.map().numpy().astype(np.float32))
-        probs.append(res.probs.numpy().astype(np.float64))
-    if not maps:
-        return np.zeros((0, 1, 1), np.float32), np.zeros((0, 4))
-    return np.concatenate(maps), np.concatenate(probs)
-
-
 def _sample(n: int, k: int, seed: int, paths: list[str]) -> np.ndarray:
     """``k`` image indices drawn without replacement, reproducibly (independent of row order)."""
     order = np.argsort(np.asarray(paths, dtype=str), kind="stable")
@@ -669,14 +634,7 @@ def _sample(n: int, k: int, seed: int, paths: list[str]) -> np.ndarray:
 
 def _image_areas(dataset, idx: np.ndarray) -> torch.Tensor:
     """(k, S, S) bool image areas (padding excluded) of the sampled images."""
-    areas = []
-    for i in idx:
-        g = dataset.geometry(int(i))
-        a = torch.zeros((g.size, g.size), dtype=torch.bool)
-        (top, left), (h, w) = g.offset, g.resized_shape
-        a[top : top + h, left : left + w] = True
-        areas.append(a)
-    return torch.stack(areas)
+    return torch.stack([torch.from_numpy(dataset.geometry(int(i)).image_area()) for i in idx])
 
 
 def analyze_run(run, options: AnalysisOptions = AnalysisOptions(), out_dir: str | Path | None = None) -> RunAnalysis:
@@ -692,30 +650,33 @@ def analyze_run(run, options: AnalysisOptions = AnalysisOptions(), out_dir: str 
     -------
     RunAnalysis
     """
+    from mammography.cam.sweep import sweep_run
     from mammography.runs import load_run
 
     options.validate()
     run = load_run(run) if isinstance(run, (str, Path)) else run
     t0 = time.perf_counter()
-    predictions = _select_rows(run.predictions, options)
-    paths = predictions["image_path"].astype(str).tolist()
+    predictions, rows = _select_rows(run.predictions, options)
     device = _device(options.device)
-    dataset = _build_dataset(run, paths, options)
     model = run.load_model(device=device)
-    maps, probs = _compute_maps(model, dataset, options, run.run_id)
+    sweep = sweep_run(run, options.layer, options.method, batch_size=options.batch_size, device=device,
+                      cache_dir=options.cache_dir, progress=options.progress, model=model, rows=rows)
     t_cam = time.perf_counter() - t0
-    result = analyze_maps(run, dataset, maps, probs, model=model, options=options, predictions=predictions)
+    check = run.check_predictions(sweep.probs, rows=rows)
+    result = analyze_maps(run, run.dataset(options.cache_dir, rows=rows), sweep.maps[sweep.layers[-1]], sweep.probs,
+                          model=model, options=options, predictions=predictions, check=check)
     result.summary["timings"]["cam_seconds"] = round(t_cam, 3)
     if out_dir is not None:
         result.write(out_dir)
     return result
 
 
-def _select_rows(predictions: pd.DataFrame, options: AnalysisOptions) -> pd.DataFrame:
+def _select_rows(predictions: pd.DataFrame, options: AnalysisOptions) -> tuple[pd.DataFrame, list[int]]:
+    """The rows analysed (manifest columns merged in) and their positions in ``predictions``."""
     table = _merge_manifest(predictions.reset_index(drop=True), options.manifest)
     if options.max_images is not None and len(table) > options.max_images:
-        table = table.sort_values("image_path", kind="stable").head(options.max_images).reset_index(drop=True)
-    return table
+        table = table.sort_values("image_path", kind="stable").head(options.max_images)
+    return table.reset_index(drop=True), [int(i) for i in table.index]
 
 
 def analyze_maps(
@@ -727,6 +688,7 @@ def analyze_maps(
     model: torch.nn.Module | None = None,
     options: AnalysisOptions = AnalysisOptions(),
     predictions: pd.DataFrame | None = None,
+    check=None,
 ) -> RunAnalysis:
     """Analyse CAMs computed elsewhere (e.g. by report-pack's single pass).
 
@@ -743,6 +705,10 @@ def analyze_maps(
         and ``y_true`` (default ``run.predictions`` with ``options.manifest``
         merged in); ``roi_path``, ``breast_mask_path`` and ``artifact_bbox``
         are used when present.
+    check : the :class:`~mammography.runs.PredictionCheck` of ``probs``
+        against the run's stored predictions (same rows); where it says they
+        differ the per-image table gets the stored prediction beside the
+        recomputed one (``stored_y_pred``).
 
     Returns
     -------
@@ -822,6 +788,8 @@ def analyze_maps(
         regions.append(reg)
         geometries.append(geom)
     table = pd.DataFrame(records)
+    if check is not None and n:
+        table.insert(table.columns.get_loc("confidence") + 1, "stored_y_pred", _stored_beside(run, check, paths))
     t_occlusion = time.perf_counter()
     if n and model is not None and options.marker_occlusion:
         table = table.join(_marker_occlusion(model, dataset, occlusion_jobs, probs, y_pred, run, options))
@@ -852,6 +820,12 @@ def analyze_maps(
             "normalise_laterality": run.normalise_laterality,
             "mean": list(run.mean),
             "std": list(run.std),
+            "preprocessing": run.preprocessing.to_record(),
+            "writer": run.writer,
+        },
+        "prediction_check": None if check is None else {
+            "stored": check.source, "n_differ": check.n_disagree, "note": check.note or None,
+            "max_prob_diff": check.max_prob_diff,
         },
         "options": options.to_dict(),
         "grid": (
@@ -893,6 +867,13 @@ def analyze_maps(
         sanity=sanity,
         dataset=dataset,
     )
+
+
+def _stored_beside(run, check, paths: list[str]) -> pd.Series:
+    """The run's stored prediction where ``check`` says it differs from the recomputed one, else empty."""
+    position = {str(p): i for i, p in enumerate(run.predictions["image_path"].astype(str))}
+    stored = run.stored.y_pred[[position[p] for p in paths]]
+    return pd.Series(stored, dtype="Int64").where(np.asarray(check.differs, dtype=bool))
 
 
 def _marker_occlusion(model, dataset, jobs, probs, y_pred, run, options: AnalysisOptions) -> pd.DataFrame:

@@ -7,17 +7,19 @@ stores the prepared square once, on disk, keyed by
 
 * the SHA-256 of the *file content* (a renamed or copied file hits the
   cache, an edited file misses it), and
-* the preprocessing settings: model size, laterality normalisation and
-  :data:`PREPROCESS_VERSION` together with the package version (a new
+* everything in the run's :class:`~mammography.data.preprocess.Preprocessing`
+  that decides the square (pipeline, model size, laterality normalisation,
+  :data:`PREPROCESS_VERSION`) together with the package version (a new
   release of the reading code never reuses squares made by an old one).
 
 Hashing a large file costs a read of it, so the hash is memoised by
 ``(absolute path, size, mtime)``: in memory for the dataset's lifetime and on
 disk in the cache, so a later run does not read the file at all.
 
-The square is stored as ``uint16`` (``round(x * 65535)``). Squares made
-without a cache go through the same rounding, so a run gives the same tensors
-whether or not the cache was cold, warm or switched off.
+The square is stored in the pipeline's integer form (uint16 for this
+project's runs, uint8 -- exactly what the model saw -- for the earlier
+project's). Squares made without a cache go through the same rounding, so a
+run gives the same tensors whether the cache was cold, warm or switched off.
 """
 
 from __future__ import annotations
@@ -27,16 +29,20 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mammography import __version__
+from mammography.data.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PREPROCESS_VERSION,
+    PreparedImage,
+    Preprocessing,
+)
 from mammography.errors import ConfigError, ImageReadError
-from mammography.io import prepare_input, read_mammogram
 from mammography.io.geometry import Geometry
 
 __all__ = [
@@ -49,13 +55,6 @@ __all__ = [
     "default_cache_dir",
 ]
 
-#: bump when the way a file becomes a model square changes (io windowing,
-#: resizing, flipping, quantisation): old cache entries are then ignored
-PREPROCESS_VERSION = "1"
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-_QUANT = 65535.0
 _HASH_CHUNK = 1 << 20
 
 
@@ -63,28 +62,6 @@ def default_cache_dir() -> Path:
     """``$MAMMOGRAPHY_CACHE`` if set, else ``~/.cache/mammography``."""
     env = os.environ.get("MAMMOGRAPHY_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mammography"
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    """A mammogram fitted into the square model input.
-
-    Attributes
-    ----------
-    square : float32 (S, S) in [0, 1], dense = bright, padding = 0.
-    geometry : how the original pixels map into ``square``.
-    """
-
-    square: np.ndarray
-    geometry: Geometry
-
-
-def _quantise(square: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(square, 0.0, 1.0) * _QUANT).astype(np.uint16)
-
-
-def _dequantise(stored: np.ndarray) -> np.ndarray:
-    return stored.astype(np.float32) / np.float32(_QUANT)
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
@@ -112,35 +89,29 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _prepare(path: Path, img_size: int, normalise_laterality: bool) -> PreparedImage:
-    """Decode ``path`` and fit it into the square, quantised like a cache entry."""
-    mammogram = read_mammogram(path)
-    square, geometry = prepare_input(mammogram, size=img_size, normalise_laterality=normalise_laterality)
-    return PreparedImage(_dequantise(_quantise(np.asarray(square, dtype=np.float32))), geometry)
-
-
 class DecodedImageCache:
     """On-disk cache of prepared model squares (see the module docstring).
 
     Layout under ``root``::
 
-        squares/<key[:2]>/<key>.npy    uint16 (S, S)
+        squares/<key[:2]>/<key>.npy    uint16 or uint8 (S, S), or (3, S, S) for colour inputs
         squares/<key[:2]>/<key>.json   geometry (written last: marks the entry complete)
         hashes/<stat[:2]>/<stat>       SHA-256 of a file, memoised by path/size/mtime
 
     Parameters
     ----------
     root : cache folder (created on first write).
-    img_size : model input side.
-    normalise_laterality : whether right breasts are mirrored.
+    preprocessing : the run's :class:`~mammography.data.preprocess.Preprocessing`.
     """
 
-    def __init__(self, root: str | Path, img_size: int, normalise_laterality: bool = True):
+    def __init__(self, root: str | Path, preprocessing: Preprocessing):
         self.root = Path(root).expanduser()
-        self.img_size = int(img_size)
-        self.normalise_laterality = bool(normalise_laterality)
+        self.preprocessing = preprocessing
         self._hash_memo: dict[tuple[str, int, int], str] = {}
-        self._settings = f"size={self.img_size};flip={int(self.normalise_laterality)};prep={PREPROCESS_VERSION};pkg={__version__}"
+
+    @property
+    def img_size(self) -> int:
+        return self.preprocessing.img_size
 
     # -- keys ---------------------------------------------------------------
     def content_hash(self, path: str | Path) -> str:
@@ -167,20 +138,21 @@ class DecodedImageCache:
         self._hash_memo[memo_key] = digest
         return digest
 
-    def key(self, path: str | Path) -> str:
-        """Cache key of ``path`` under this cache's preprocessing settings."""
-        return hashlib.sha256(f"{self.content_hash(path)};{self._settings}".encode()).hexdigest()
+    def key(self, path: str | Path, laterality: str | None = None) -> str:
+        """Cache key of ``path`` under this cache's preprocessing."""
+        settings = self.preprocessing.cache_key(laterality)
+        return hashlib.sha256(f"{self.content_hash(path)};{settings}".encode()).hexdigest()
 
-    def entry_paths(self, path: str | Path) -> tuple[Path, Path]:
+    def entry_paths(self, path: str | Path, laterality: str | None = None) -> tuple[Path, Path]:
         """``(square .npy, geometry .json)`` where ``path``'s entry lives."""
-        key = self.key(path)
+        key = self.key(path, laterality)
         folder = self.root / "squares" / key[:2]
         return folder / f"{key}.npy", folder / f"{key}.json"
 
     # -- entries ------------------------------------------------------------
-    def load(self, path: str | Path) -> PreparedImage | None:
+    def load(self, path: str | Path, laterality: str | None = None) -> PreparedImage | None:
         """The cached square of ``path``, or ``None`` on a miss (or an unreadable entry)."""
-        npy, meta = self.entry_paths(path)
+        npy, meta = self.entry_paths(path, laterality)
         if not meta.is_file():
             return None
         try:
@@ -188,14 +160,19 @@ class DecodedImageCache:
             stored = np.load(npy, allow_pickle=False)
         except (OSError, ValueError, KeyError):
             return None  # damaged entry: treat as a miss, it is rewritten
-        if stored.dtype != np.uint16 or stored.shape != (self.img_size, self.img_size):
+        size = self.img_size
+        if stored.shape not in ((size, size), (3, size, size)):
             return None
-        return PreparedImage(_dequantise(stored), geometry)
+        try:
+            return self.preprocessing.dequantise(stored, geometry)
+        except ConfigError:  # another pipeline's dtype under this key: a miss
+            return None
 
-    def store(self, path: str | Path, prepared: PreparedImage) -> None:
+    def store(self, path: str | Path, prepared: PreparedImage, laterality: str | None = None) -> None:
         """Write ``prepared`` as the entry of ``path`` (silently skipped if the cache is read-only)."""
-        npy, meta = self.entry_paths(path)
-        stored = _quantise(prepared.square)
+        npy, meta = self.entry_paths(path, laterality)
+        pixels = prepared.channels if prepared.channels is not None else prepared.square
+        stored = self.preprocessing.quantise(pixels)
         text = json.dumps(prepared.geometry.to_dict())
         try:
             _atomic_write_bytes(npy, lambda handle: np.save(handle, stored, allow_pickle=False))
@@ -203,13 +180,13 @@ class DecodedImageCache:
         except OSError:
             pass
 
-    def get(self, path: str | Path) -> PreparedImage:
+    def get(self, path: str | Path, laterality: str | None = None) -> PreparedImage:
         """The prepared square of ``path``: from the cache, else decoded and stored."""
-        hit = self.load(path)
+        hit = self.load(path, laterality)
         if hit is not None:
             return hit
-        prepared = _prepare(Path(path), self.img_size, self.normalise_laterality)
-        self.store(path, prepared)
+        prepared = self.preprocessing.prepare(Path(path), laterality)
+        self.store(path, prepared, laterality)
         return prepared
 
 
@@ -223,15 +200,13 @@ def _label_index(label) -> int:
     return value - 1
 
 
-def _three(values, name: str) -> tuple[float, float, float]:
-    values = tuple(float(v) for v in np.broadcast_to(np.asarray(values, dtype=np.float64), (3,)))
-    if name == "std" and min(values) <= 0:
-        raise ConfigError(f"normalisation std must be positive, got {values}")
-    return values
+def _laterality_hint(value) -> str | None:
+    text = str(value).strip().upper() if value is not None else ""
+    return text if text in ("L", "R") else None
 
 
 class MammogramDataset(Dataset):
-    """Mammograms as model input tensors.
+    """Mammograms as model input tensors, made by a run's preprocessing.
 
     Parameters
     ----------
@@ -239,13 +214,15 @@ class MammogramDataset(Dataset):
     labels : BI-RADS density labels **1..4** (as in manifests and
         ``val_predictions.csv``), one per path, or ``None``; items carry the
         0-based class index ``label - 1`` (``-1`` when unknown).
-    img_size : side of the square model input.
-    normalise_laterality : mirror right breasts so the chest wall is on the left.
-    mean, std : per-channel normalisation (a scalar or 3 values); ``None``
-        means ImageNet statistics.
+    preprocessing : the :class:`~mammography.data.preprocess.Preprocessing`
+        that makes the model input (a run's ``Run.preprocessing``). When
+        omitted, this project's fit-pad rule is built from ``img_size``,
+        ``normalise_laterality``, ``mean`` and ``std`` (``None`` = ImageNet).
     cache_dir : folder of the decoded-image cache; ``None`` decodes every
         time (library default: nothing is written unless asked). Training uses
         :func:`default_cache_dir` unless ``--no-cache``.
+    lateralities : per path ``'L'``/``'R'`` known from the manifest (else
+        None), used for the mirroring instead of the file's own tag.
 
     Items are ``dict(image=Tensor (3, S, S) float32, label=int, index=int)``:
     the grayscale square replicated to three channels, then normalised.
@@ -260,30 +237,33 @@ class MammogramDataset(Dataset):
         mean=None,
         std=None,
         cache_dir: str | Path | None = None,
+        *,
+        preprocessing: Preprocessing | None = None,
+        lateralities: Sequence[str | None] | None = None,
     ):
         self.paths = [Path(p) for p in paths]
         if labels is not None and len(labels) != len(self.paths):
             raise ConfigError(f"{len(labels)} labels for {len(self.paths)} images")
+        if lateralities is not None and len(lateralities) != len(self.paths):
+            raise ConfigError(f"{len(lateralities)} lateralities for {len(self.paths)} images")
         self.labels = [(-1 if labels is None else _label_index(labels[i])) for i in range(len(self.paths))]
-        if int(img_size) < 32:
-            raise ConfigError(f"image size {img_size} is too small for EfficientNet-B0 (use at least 32)")
-        self.img_size = int(img_size)
-        self.normalise_laterality = bool(normalise_laterality)
-        self.mean = _three(IMAGENET_MEAN if mean is None else mean, "mean")
-        self.std = _three(IMAGENET_STD if std is None else std, "std")
-        self.cache = (
-            DecodedImageCache(cache_dir, self.img_size, self.normalise_laterality) if cache_dir is not None else None
-        )
+        if preprocessing is None:
+            if int(img_size) < 32:
+                raise ConfigError(f"image size {img_size} is too small for EfficientNet-B0 (use at least 32)")
+            preprocessing = Preprocessing.fit_pad(int(img_size), mean, std, normalise_laterality)
+        self.preprocessing = preprocessing
+        self.lateralities = [None] * len(self.paths) if lateralities is None else [_laterality_hint(v) for v in lateralities]
+        self.cache = DecodedImageCache(cache_dir, preprocessing) if cache_dir is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def prepared(self, i: int) -> PreparedImage:
         """Square and geometry of image ``i`` (from the cache when one is set)."""
-        path = self.paths[i]
+        path, laterality = self.paths[i], self.lateralities[i]
         if self.cache is not None:
-            return self.cache.get(path)
-        return _prepare(path, self.img_size, self.normalise_laterality)
+            return self.cache.get(path, laterality)
+        return self.preprocessing.prepare(path, laterality)
 
     def geometry(self, i: int) -> Geometry:
         """How image ``i``'s original pixels map into the model square."""
@@ -293,14 +273,11 @@ class MammogramDataset(Dataset):
         """Unnormalised (S, S) float32 model-space image in [0, 1] (for display)."""
         return self.prepared(i).square
 
-    def to_tensor(self, square: np.ndarray) -> torch.Tensor:
-        """(S, S) square -> normalised (3, S, S) float32 tensor."""
-        gray = torch.from_numpy(np.ascontiguousarray(square, dtype=np.float32))
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
-        return (gray.unsqueeze(0).expand(3, -1, -1) - mean) / std
+    def to_tensor(self, square: PreparedImage | np.ndarray) -> torch.Tensor:
+        """Prepared image (or an (S, S) square) -> normalised (3, S, S) float32 tensor."""
+        return self.preprocessing.to_tensor(square)
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        return {"image": self.to_tensor(self.square(i)), "label": self.labels[i], "index": int(i)}
+        return {"image": self.to_tensor(self.prepared(i)), "label": self.labels[i], "index": int(i)}

@@ -45,7 +45,7 @@ from mammography.io.mammogram import (
     window_percentiles,
 )
 
-__all__ = ["read_dicom", "window_to_unit"]
+__all__ = ["decode_dicom", "read_dicom", "window_to_unit"]
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ def read_dicom(path: str | Path) -> Mammogram:
         See the module docstring for the cases; the message names the file.
     """
     path = Path(path)
-    ds = _read_dataset(path)
-    _check_header(ds, path)
-    stored = _decode_pixels(ds, path)
+    ds, stored = decode_dicom(path)
     values = _modality_values(stored, ds, path)
     pixels, rule = _apply_voi(values, ds, path)
     photometric = str(ds.PhotometricInterpretation).strip().upper()
@@ -96,6 +94,26 @@ def read_dicom(path: str | Path) -> Mammogram:
 
 
 # -- reading and checking -------------------------------------------------------
+
+
+def decode_dicom(path: str | Path) -> tuple[Dataset, np.ndarray]:
+    """Parse, check and decode a DICOM file: its data set and stored pixel values.
+
+    The stored values are what the file holds (no Modality LUT, no VOI, no
+    inversion); the header checks of :func:`read_dicom` run before any pixel
+    is decoded. Used where another intensity rule must be reproduced exactly
+    (:mod:`mammography.io.pipelines`).
+
+    Raises
+    ------
+    ImageReadError
+        As :func:`read_dicom`.
+    """
+    path = Path(path)
+    ds = _read_dataset(path)
+    _check_header(ds, path)
+    return ds, _decode_pixels(ds, path)
+
 
 
 def _read_dataset(path: Path) -> Dataset:

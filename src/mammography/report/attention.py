@@ -85,7 +85,7 @@ def analyse_runs(evaluated, options_for) -> tuple[list[RunAnalysis], Consistency
     from mammography.analysis.run_analysis import analyze_maps, compare_runs
 
     analyses = [
-        analyze_maps(ev.run, ev.dataset, ev.maps, ev.probs, model=ev.model, options=options_for(ev))
+        analyze_maps(ev.run, ev.dataset, ev.maps, ev.probs, model=ev.model, options=options_for(ev), check=ev.check)
         for ev in evaluated
     ]
     notes: list[str] = []

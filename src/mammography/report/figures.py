@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 
 from mammography.errors import ConfigError
-from mammography.report.overlay import DisplayTile, blend, get_colormap, tile_label
+from mammography.report.overlay import DisplayTile, get_colormap, tile_label
 
 __all__ = [
     "DPI",
@@ -311,7 +311,7 @@ def draw_grid(
             for j, cell in enumerate(r.cells[:n_columns]):
                 if isinstance(cell, DisplayTile):
                     x0, y0, w, h = _fit_box(cell.aspect, col_x[j], y, tile_w, body_h)
-                    board.imshow(blend(cell.image, cell.heatmap, alpha, colormap), extent=(x0, x0 + w, y0 + h, y0),
+                    board.imshow(cell.rgb(alpha, colormap), extent=(x0, x0 + w, y0 + h, y0),
                                  origin="upper", interpolation="antialiased", aspect="auto")
                     if r.show_labels:
                         text = tile_label(cell.y_true, cell.y_pred, cell.confidence)

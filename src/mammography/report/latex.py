@@ -96,7 +96,8 @@ def _table_rows(table: MetricTable) -> dict:
     """Escaped cell texts of ``table`` for the template."""
     cells = [[tex_escape(table.cell(i, j)) for j in range(len(table.keys))] for i in range(len(table.row_labels))]
     summary = [tex_escape(table.summary(j)) for j in range(len(table.keys))]
-    return {"labels": [tex_escape(x) for x in table.row_labels], "cells": cells, "summary": summary}
+    return {"labels": [tex_escape(x) for x in table.row_labels], "cells": cells, "summary": summary,
+            "has_stored": not all(table.counted)}
 
 
 def render_latex(content: ReportContent, article_dir: str | Path) -> str:

@@ -92,7 +92,8 @@ def render_markdown_block(content: ReportContent, markdown_path: str | Path) -> 
         a = content.attention
         attention = {"sentences": a.sentences, "tables": a.markdown_tables, "figures": [fig(f) for f in a.figures]}
     body = markdown_environment().get_template("density_block.md.j2").render(
-        content=content, seeds=seeds, cvs=cvs, seed_table=seed_table, attention=attention
+        content=content, seeds=seeds, cvs=cvs, seed_table=seed_table, attention=attention,
+        seed_stored=content.seed_table is not None and not all(content.seed_table.counted),
     )
     return f"{BEGIN_MARKER}\n{body.strip()}\n{END_MARKER}\n"
 

@@ -43,6 +43,9 @@ class DisplayTile:
     y_true, y_pred : int, labels 1..4.
     confidence : float, probability of ``y_pred``.
     image_path : str, the source file (for captions and the manifest).
+    visible : bool (H, W) of the pixels the model saw, or None for all of
+        them; a centre crop (the earlier project's runs) leaves strips the
+        model never saw, drawn without heatmap colour.
     """
 
     image: np.ndarray
@@ -51,11 +54,16 @@ class DisplayTile:
     y_pred: int
     confidence: float
     image_path: str = ""
+    visible: np.ndarray | None = None
 
     @property
     def aspect(self) -> float:
         """Height over width of the image."""
         return self.image.shape[0] / self.image.shape[1]
+
+    def rgb(self, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
+        """The tile as drawn: :func:`blend` of its image, heatmap and visible area."""
+        return blend(self.image, self.heatmap, alpha, colormap, visible=self.visible)
 
 
 def get_colormap(name: str):
@@ -90,7 +98,8 @@ def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
     return lut[idx]
 
 
-def blend(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
+def blend(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet",
+          visible: np.ndarray | None = None) -> np.ndarray:
     """Alpha-blend a coloured heatmap onto a grey-scale image.
 
     Parameters
@@ -99,6 +108,9 @@ def blend(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: 
     heatmap : (H, W) float in [0, 1], same shape as ``image``.
     alpha : weight of the heatmap colour, 0 (image only) to 1 (heatmap only).
     colormap : matplotlib colour map name.
+    visible : bool (H, W), the pixels the model saw, or None (all). Outside
+        it the image stays grey (there is no attention to show) and a thin
+        white line marks the edge of the model's view.
 
     Returns
     -------
@@ -110,7 +122,23 @@ def blend(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: 
     if image.shape != np.shape(heatmap):
         raise ConfigError(f"image {image.shape} and heatmap {np.shape(heatmap)} differ in shape")
     grey = np.repeat(np.clip(image, 0.0, 1.0)[..., None], 3, axis=-1)
-    return ((1.0 - alpha) * grey + alpha * colorize(heatmap, colormap)).astype(np.float32)
+    out = ((1.0 - alpha) * grey + alpha * colorize(heatmap, colormap)).astype(np.float32)
+    if visible is None or bool(np.all(visible)):
+        return out
+    visible = np.asarray(visible, dtype=bool)
+    if visible.shape != image.shape:
+        raise ConfigError(f"visible area {visible.shape} and image {image.shape} differ in shape")
+    out[~visible] = grey[~visible]
+    out[_edge(visible)] = 1.0
+    return out
+
+
+def _edge(area: np.ndarray) -> np.ndarray:
+    """Pixels of ``area`` next to a pixel outside it (a line about 1/200 of the image thick)."""
+    from scipy import ndimage
+
+    width = max(1, round(max(area.shape) / 200))
+    return area & ~ndimage.binary_erosion(area, iterations=width, border_value=1)
 
 
 def to_display(square: np.ndarray, heatmap: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:

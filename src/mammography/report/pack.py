@@ -71,8 +71,9 @@ from mammography.report.figures import layer_grid_figure
 from mammography.report.files import FileBatch
 from mammography.report.latex import default_article_dir, render_latex
 from mammography.report.markdown import render_markdown_block, update_markdown
-from mammography.report.overlay import DisplayTile, blend, get_colormap, png_bytes
+from mammography.report.overlay import DisplayTile, get_colormap, png_bytes
 from mammography.report.tables import metric_table
+from mammography.runs import DEFAULT_PROB_TOLERANCE, PredictionCheck, metrics_differ
 
 __all__ = [
     "DEFAULT_ASSETS_DIR",
@@ -109,8 +110,7 @@ METHOD_LABELS = {
 }
 #: files a pack writes into the assets folder (a later pack removes the ones it no longer makes)
 _ASSET_SUFFIXES = (".png", ".csv", ".json", ".npz")
-#: how many disagreeing image paths are printed / listed in the manifest
-SHOW_DISAGREEING = 5
+#: how many disagreeing image paths the manifest lists
 LIST_DISAGREEING = 50
 
 
@@ -166,7 +166,7 @@ class ReportOptions:
     device: str = "auto"
     batch_size: int = 8
     strict: bool = False
-    prob_tolerance: float = 0.05
+    prob_tolerance: float = DEFAULT_PROB_TOLERANCE
     cache_dir: Path | None = None
     progress: bool = True
     command: str | None = None
@@ -239,40 +239,6 @@ def canonical_method(method: str) -> str:
     return create_cam(method, probe, layers="0").name
 
 
-@dataclass(frozen=True)
-class PredictionCheck:
-    """Recomputed predictions compared with a run's ``val_predictions.csv``.
-
-    Attributes
-    ----------
-    run_id : the run.
-    n_images : validation images checked.
-    disagreeing : image paths that disagree, in CSV order.
-    max_prob_diff : largest absolute probability difference over all images and classes.
-    """
-
-    run_id: str
-    n_images: int
-    disagreeing: tuple[str, ...]
-    max_prob_diff: float
-
-    @property
-    def n_disagree(self) -> int:
-        return len(self.disagreeing)
-
-    def message(self) -> str:
-        """One line: ``"results_4: 3 of 120 validation images disagree ...: a.dcm, b.dcm, ..."``."""
-        if not self.disagreeing:
-            return f"{self.run_id}: all {self.n_images} recomputed predictions agree with val_predictions.csv"
-        shown = ", ".join(self.disagreeing[:SHOW_DISAGREEING])
-        more = f" and {self.n_disagree - SHOW_DISAGREEING} more" if self.n_disagree > SHOW_DISAGREEING else ""
-        return (
-            f"{self.run_id}: {self.n_disagree} of {self.n_images} validation images disagree with "
-            f"val_predictions.csv (max probability difference {self.max_prob_diff:.3f}); the checkpoint and "
-            f"the CSV may not belong together: {shown}{more}"
-        )
-
-
 @dataclass(eq=False)
 class EvaluatedRun:
     """A run with its recomputed predictions and Grad-CAM maps.
@@ -281,13 +247,15 @@ class EvaluatedRun:
     ----------
     run : the :class:`mammography.runs.Run`.
     model : the loaded model (eval mode).
-    dataset : the validation images as a ``MammogramDataset``.
+    dataset : the validation images as the run's model input (``Run.dataset``).
     y_true, y_pred : (N,) labels 1..4 (``y_pred`` recomputed).
     probs : (N, 4) recomputed probabilities.
     maps : (N, h, w) float32 maps of ``layer`` for the predicted class, min-max normalised per image.
     layer : the layer of ``maps``.
     check : comparison with the stored predictions.
     metrics : metrics recomputed from ``y_true``, ``y_pred``, ``probs``.
+    sweep : the :class:`~mammography.cam.sweep.RunMaps` the rest comes from
+        (raw maps, logits, geometries, provenance).
     """
 
     run: object
@@ -300,6 +268,16 @@ class EvaluatedRun:
     layer: str
     check: PredictionCheck
     metrics: dict
+    sweep: object = None
+
+    def geometry(self, i: int):
+        """How image ``i`` was placed into the model input (from the sweep, no decoding)."""
+        return self.sweep.geometries[i]
+
+    @property
+    def metrics_differ(self) -> bool:
+        """True when the run's stored metrics differ from the recomputed ones (at the 3 decimals shown)."""
+        return metrics_differ(self.metrics, self.run.metrics)
 
 
 @dataclass(frozen=True)
@@ -345,38 +323,8 @@ def _main_layer(model: torch.nn.Module, layers) -> str:
     return resolve_layers(model, spec)[-1].name
 
 
-def _compare(run, probs: np.ndarray, y_pred: np.ndarray, tolerance: float) -> PredictionCheck:
-    """Per-image agreement of recomputed and stored predictions (rules in the module docstring)."""
-    stored_probs = np.asarray(run.probabilities, dtype=np.float64)
-    stored_pred = run.predictions["y_pred"].to_numpy(dtype=int)
-    paths = run.predictions["image_path"].astype(str).tolist()
-    if len(paths) == 0:
-        return PredictionCheck(run.run_id, 0, (), 0.0)
-    diff = np.abs(stored_probs - probs).max(axis=1)
-    rows = np.arange(len(paths))
-    # a stored prediction beaten by more than the tolerance is a real disagreement;
-    # a near tie flipping under another precision (bf16 on a GPU) is not
-    beaten = probs[rows, y_pred - 1] - probs[rows, stored_pred - 1]
-    bad = (diff > tolerance) | ((stored_pred != y_pred) & (beaten > tolerance))
-    return PredictionCheck(
-        run_id=run.run_id,
-        n_images=len(paths),
-        disagreeing=tuple(p for p, b in zip(paths, bad) if b),
-        max_prob_diff=float(diff.max()),
-    )
-
-
-def _metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray) -> dict:
-    from mammography.training.metrics import SCALAR_METRICS, compute_metrics
-
-    if len(y_true) == 0:
-        return {k: None for k in SCALAR_METRICS}
-    full = compute_metrics(y_true, y_pred, probs)
-    return {k: full[k] for k in SCALAR_METRICS}
-
-
 def evaluate_run(run, options: ReportOptions, device: torch.device | None = None) -> EvaluatedRun:
-    """Recompute predictions and CAM maps of every validation image of ``run`` in one pass.
+    """Recompute predictions and CAM maps of every validation image of ``run`` in one sweep.
 
     Parameters
     ----------
@@ -388,42 +336,22 @@ def evaluate_run(run, options: ReportOptions, device: torch.device | None = None
     -------
     EvaluatedRun
     """
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    from mammography.cam import create_cam
-    from mammography.data.dataset import MammogramDataset, default_cache_dir
+    from mammography.cam.sweep import sweep_run
+    from mammography.data.dataset import default_cache_dir
 
     device = device or _device(options.device)
-    table = run.predictions
-    y_true = table["y_true"].to_numpy(dtype=int)
-    dataset = MammogramDataset(
-        table["image_path"].astype(str).tolist(),
-        labels=y_true.tolist(),
-        img_size=run.img_size,
-        normalise_laterality=run.normalise_laterality,
-        mean=run.mean,
-        std=run.std,
-        cache_dir=options.cache_dir if options.cache_dir is not None else default_cache_dir(),
-    )
-    # channels-last weights match the engine's channels-last input (faster convolutions)
-    model = run.load_model(device=device).to(memory_format=torch.channels_last)
+    cache_dir = options.cache_dir if options.cache_dir is not None else default_cache_dir()
+    model = run.load_model(device=device)
     layer = _main_layer(model, options.layers)
-    cam = create_cam(options.method, model, layers=[layer])
-    probs, maps = [], []
-    if len(dataset):
-        loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False, num_workers=0)
-        bar = tqdm(loader, desc=f"Grad-CAM {run.run_id}", unit="batch", disable=not options.progress, leave=False)
-        for batch in bar:
-            res = cam(batch["image"]).normalise().cpu()
-            probs.append(res.probs.numpy().astype(np.float64))
-            maps.append(res.map(layer).numpy().astype(np.float32))
-    probs_arr = np.concatenate(probs) if probs else np.zeros((0, len(CLASSES)))
-    maps_arr = np.concatenate(maps) if maps else np.zeros((0, 1, 1), dtype=np.float32)
-    y_pred = probs_arr.argmax(axis=1) + 1 if len(probs_arr) else np.zeros(0, dtype=int)
-    check = _compare(run, probs_arr, y_pred, options.prob_tolerance)
-    return EvaluatedRun(run=run, model=model, dataset=dataset, y_true=y_true, y_pred=y_pred, probs=probs_arr,
-                        maps=maps_arr, layer=layer, check=check, metrics=_metrics(y_true, y_pred, probs_arr))
+    sweep = sweep_run(run, [layer], options.method, batch_size=options.batch_size, device=device,
+                      cache_dir=cache_dir, progress=options.progress, model=model)
+    probs = sweep.probs.astype(np.float64)
+    y_true = sweep.y_true.astype(int)
+    y_pred = sweep.y_pred.astype(int)
+    check = run.check_predictions(probs, options.prob_tolerance)
+    return EvaluatedRun(run=run, model=model, dataset=run.dataset(cache_dir=cache_dir), y_true=y_true,
+                        y_pred=y_pred, probs=probs, maps=sweep.normalised(layer), layer=layer, check=check,
+                        metrics=sweep.metrics(), sweep=sweep)
 
 
 # --------------------------------------------------------------------------- drawing
@@ -472,11 +400,12 @@ class DisplayImages:
         """Display tile of validation image ``i`` of ``ev`` with its (or the given) low-resolution heatmap."""
         path = str(ev.dataset.paths[i])
         image = self.image(path)
-        geometry = dataclasses.replace(ev.dataset.geometry(i), original_shape=tuple(image.shape))
+        geometry = dataclasses.replace(ev.geometry(i), original_shape=tuple(image.shape))
         hm = geometry.to_original(ev.maps[i] if heatmap is None else heatmap)
+        visible = geometry.visible_original() if geometry.crops else None
         return DisplayTile(image=image, heatmap=np.clip(hm, 0.0, 1.0), y_true=int(ev.y_true[i]),
                            y_pred=int(ev.y_pred[i]), confidence=float(ev.probs[i, ev.y_pred[i] - 1]),
-                           image_path=path)
+                           image_path=path, visible=visible)
 
 
 def _downsample(pixels: np.ndarray, max_side: int) -> np.ndarray:
@@ -540,8 +469,9 @@ def _shortfall_text(selection: dict[int, ClassSelection]) -> str:
 def _disagreement_text(check: PredictionCheck) -> str:
     if not check.n_disagree:
         return ""
-    return (f"Warning: {check.n_disagree} of {check.n_images} recomputed predictions disagree with the run's "
-            f"stored val_predictions.csv. ")
+    why = f" ({check.note})" if check.note else ""
+    return (f"Note: {check.n_disagree} of {check.n_images} predictions recomputed from the checkpoint differ from "
+            f"the run's stored {check.source}{why}; tiles show the recomputed ones. ")
 
 
 def _grid_caption(ev: EvaluatedRun, selection, options: ReportOptions, what: str) -> str:
@@ -555,8 +485,15 @@ def _grid_caption(ev: EvaluatedRun, selection, options: ReportOptions, what: str
         f"{_shortfall_text(selection)}"
         f"Each tile shows the whole mammogram in its original orientation with the ground truth (GT), the "
         f"prediction (Pred) and its probability. Colour scale: {options.colormap}, attention normalised per "
-        f"image from 0 (lowest) to 1 (highest). {_disagreement_text(ev.check)}"
+        f"image from 0 (lowest) to 1 (highest). {_crop_text(ev)}{_disagreement_text(ev.check)}"
     ).strip()
+
+
+def _crop_text(ev: EvaluatedRun) -> str:
+    if not any(g.crops for g in ev.sweep.geometries):
+        return ""
+    return ("The model saw a centre crop of each image (the earlier project's preprocessing); the strips outside "
+            "the white line were cut away before the model and carry no attention. ")
 
 
 def _layer_rows(ev: EvaluatedRun, selection, options: ReportOptions,
@@ -640,8 +577,14 @@ def _run_record(ev: EvaluatedRun) -> dict:
         "n_disagree": ev.check.n_disagree,
         "disagreeing": list(ev.check.disagreeing[:LIST_DISAGREEING]),
         "max_prob_diff": ev.check.max_prob_diff,
+        "stored_predictions": ev.check.source,
+        "stored_note": ev.check.note or None,
         "metrics_recomputed": ev.metrics,
         "metrics_stored": {k: v for k, v in run.metrics.items()},
+        "metrics_stored_source": run.metrics_source,
+        "writer": run.writer,
+        "preprocessing": run.preprocessing.to_record(),
+        "preprocessing_source": run.preprocessing.source,
         "layer": ev.layer,
     }
 
@@ -720,6 +663,9 @@ def _load_inputs(run_specs, cv_specs, outputs_root):
         raise ConfigError(f"two cross-validation runs share a folder name ({', '.join(cv_ids)}); pass one of each")
     runs.sort(key=lambda r: r.seed)
     cvs.sort(key=lambda c: c.root.name)
+    for run in runs + [fold for cv in cvs for fold in cv.folds]:
+        for note in run.notes:
+            log.warning("%s", note)
     return runs, cvs
 
 
@@ -792,7 +738,7 @@ def report_pack(
     bad = [c for c in checks if c.n_disagree]
     if bad and options.strict:
         raise RunError(
-            "--strict: recomputed predictions disagree with val_predictions.csv, nothing written. "
+            "--strict: predictions recomputed from the checkpoint differ from the stored ones, nothing written. "
             + " | ".join(c.message() for c in bad)
         )
 
@@ -808,7 +754,7 @@ def report_pack(
     if options.analysis and evaluated:
         attention, analysis_record, attention_seconds = _attention(pack, evaluated, options)
 
-    seed_table = metric_table([(str(ev.run.seed), ev.metrics) for ev in evaluated]) if evaluated else None
+    seed_table = metric_table(_metric_rows([(str(ev.run.seed), ev) for ev in evaluated])) if evaluated else None
     main_layer = (evaluated or [f for _, fs in cv_evaluated for f in fs])[0].layer
     content = ReportContent(
         seeds=tuple(seed_entries), seed_table=seed_table, cvs=tuple(cv_entries), method=canonical_method(options.method),
@@ -901,7 +847,7 @@ def _seed_outputs(pack: _Pack, ev: EvaluatedRun, selections: dict) -> SeedEntry:
         for rank, (i, tile) in enumerate(tiles[label], start=1):
             name = f"class{label}_{rank:02d}_{_file_stem(tile.image_path)}.png"
             pack.add(pack.assets_dir / "gradcam" / f"seed{run.seed}" / name,
-                     png_bytes(blend(tile.image, tile.heatmap, options.alpha, options.colormap)), "overlay", ev,
+                     png_bytes(tile.rgb(options.alpha, options.colormap)), "overlay", ev,
                      image_path=tile.image_path, y_true=tile.y_true, y_pred=tile.y_pred,
                      confidence=tile.confidence, layer=ev.layer)
 
@@ -947,9 +893,20 @@ def _cv_outputs(pack: _Pack, cv, folds: list[EvaluatedRun], selections: dict) ->
         figures.append(_figure_ref(path, layout, f"fig:density-cv-{_slug(cv_id)}-fold{number}", caption,
                                    f"Grad-CAM examples, {cv_id} fold {number}"))
     labels = [str(ev.run.fold if ev.run.fold is not None else i + 1) for i, ev in enumerate(folds)]
-    table = metric_table([(label, ev.metrics) for label, ev in zip(labels, folds)])
+    table = metric_table(_metric_rows(list(zip(labels, folds))))
     return CVEntry(cv_id=cv_id, seed=cv.seed, k=cv.k, table=table, table_label=f"tab:density-cv-{_slug(cv_id)}",
                    figures=tuple(figures))
+
+
+def _metric_rows(labelled: list[tuple[str, EvaluatedRun]]) -> list[tuple[str, dict, bool]]:
+    """Table rows: the metrics recomputed from the checkpoint, and under a run whose
+    stored metrics read differently a ``(stored)`` row that the mean and sd leave out."""
+    rows = []
+    for label, ev in labelled:
+        rows.append((label, ev.metrics, True))
+        if ev.metrics_differ:
+            rows.append((f"{label} (stored)", ev.run.metrics, False))
+    return rows
 
 
 def command_line(runs=(), cv_runs=(), options: ReportOptions | None = None) -> str:

@@ -50,7 +50,9 @@ class MetricTable:
     row_labels : one label per row (e.g. ``"42"`` for a seed, ``"1"`` for a fold).
     values : rows of floats (NaN when a metric is missing), shape (rows, keys).
     mean, sd : per-column mean and sample standard deviation (ddof=1) over
-        the rows that have the metric; NaN when undefined (sd needs 2 rows).
+        the counted rows that have the metric; NaN when undefined (sd needs 2 rows).
+    counted : per row, whether it enters ``mean`` and ``sd`` (a run's stored
+        metrics shown beside its recomputed ones do not).
     """
 
     keys: tuple[str, ...]
@@ -58,6 +60,7 @@ class MetricTable:
     values: tuple[tuple[float, ...], ...]
     mean: tuple[float, ...]
     sd: tuple[float, ...]
+    counted: tuple[bool, ...] = ()
 
     def cell(self, row: int, col: int, digits: int = 3) -> str:
         return format_value(self.values[row][col], digits)
@@ -72,25 +75,29 @@ class MetricTable:
         return f"{format_value(m, digits)}{pm}{format_value(s, digits)}"
 
 
-def metric_table(rows: list[tuple[str, dict]], keys: tuple[str, ...] | None = None) -> MetricTable:
+def metric_table(rows: list[tuple], keys: tuple[str, ...] | None = None) -> MetricTable:
     """Build a :class:`MetricTable` from ``[(row_label, metrics_dict), ...]``.
 
+    A row may be ``(row_label, metrics_dict, counted)``: ``counted=False``
+    shows it without letting it enter the mean and standard deviation.
     Missing or None metrics become NaN and are left out of that column's mean
     and standard deviation.
     """
     keys = tuple(keys or (k for k, _, _ in METRIC_COLUMNS))
+    counted = np.array([True if len(r) < 3 else bool(r[2]) for r in rows], dtype=bool)
     values = np.array(
-        [[np.nan if m.get(k) is None else float(m[k]) for k in keys] for _, m in rows], dtype=np.float64
+        [[np.nan if r[1].get(k) is None else float(r[1][k]) for k in keys] for r in rows], dtype=np.float64
     ).reshape(len(rows), len(keys))
     means, sds = [], []
     for j in range(len(keys)):
-        col = values[:, j][~np.isnan(values[:, j])]
+        col = values[counted, j][~np.isnan(values[counted, j])]
         means.append(float(np.mean(col)) if len(col) else math.nan)
         sds.append(float(np.std(col, ddof=1)) if len(col) >= 2 else math.nan)
     return MetricTable(
         keys=keys,
-        row_labels=tuple(label for label, _ in rows),
+        row_labels=tuple(r[0] for r in rows),
         values=tuple(tuple(float(v) for v in r) for r in values),
         mean=tuple(means),
         sd=tuple(sds),
+        counted=tuple(bool(c) for c in counted),
     )

@@ -48,7 +48,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mammography.data.dataset import PREPROCESS_VERSION, MammogramDataset, default_cache_dir
+from mammography.data.dataset import MammogramDataset, default_cache_dir
+from mammography.data.preprocess import Preprocessing
 from mammography.data.splits import check_no_patient_overlap, patient_groups, split_patients, split_table
 from mammography.errors import ConfigError, ManifestError
 from mammography.models import build_density_model
@@ -144,6 +145,10 @@ class TrainConfig:
             raise ConfigError(f"--limit must be at least 2, got {self.limit}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+
+    def preprocessing(self) -> Preprocessing:
+        """The run's preprocessing record (written to summary.json; every later command reads it)."""
+        return Preprocessing.fit_pad(self.img_size, normalise_laterality=self.normalise_laterality)
 
     def resolved_cache_dir(self) -> Path | None:
         """The cache folder in use, or ``None`` with ``use_cache=False``."""
@@ -319,12 +324,13 @@ def _split_rows(df: pd.DataFrame, split: pd.Series) -> tuple[pd.DataFrame, pd.Da
 
 
 def _dataset(rows: pd.DataFrame, config: TrainConfig, cache_dir: Path | None) -> MammogramDataset:
+    lateralities = rows["laterality"].tolist() if "laterality" in rows else None
     return MammogramDataset(
         rows["image_path"].tolist(),
         rows["density_label"].astype(int).tolist(),
-        img_size=config.img_size,
-        normalise_laterality=config.normalise_laterality,
         cache_dir=cache_dir,
+        preprocessing=config.preprocessing(),
+        lateralities=lateralities,
     )
 
 
@@ -440,8 +446,8 @@ def train_on_split(
         train_rows=train_rows,
         val_rows=val_rows,
         weights=weights,
-        mean=train_set.mean,
-        std=train_set.std,
+        mean=train_set.preprocessing.mean,
+        std=train_set.preprocessing.std,
         best_epoch=selector.best_epoch,
         best_metrics=selector.best_metrics,
         saved=saved,
@@ -497,12 +503,7 @@ def _summary(config, *, device, created_at, train_rows, val_rows, weights, mean,
         "saved_epoch": int(saved.epoch),
         "val_metrics": {k: saved.metrics[k] for k in ("acc", "kappa_quadratic", "macro_f1", "auc_ovr", "bal_acc", "bal_acc_adj")},
         "hyperparameters": hyper,
-        "preprocess": {
-            "normalise_laterality": bool(config.normalise_laterality),
-            "version": PREPROCESS_VERSION,
-            "fit": "aspect-preserving resize + centre padding",
-            "quantisation": "uint16",
-        },
+        "preprocess": config.preprocessing().to_record(),
         "manifest": str(Path(config.csv).expanduser().resolve()),
         "dicom_root": str(Path(config.dicom_root).expanduser().resolve()) if config.dicom_root else None,
         "split": {

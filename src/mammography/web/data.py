@@ -114,9 +114,15 @@ def load_runs(specs: Sequence, outputs_root: str | Path = Path("outputs")) -> li
     return runs
 
 
-def seed_columns(runs: Sequence) -> list[SiteSeed]:
+def seed_columns(runs: Sequence, sweeps: Sequence | None = None) -> list[SiteSeed]:
     """One :class:`SiteSeed` per run: ``seed42`` / ``seed 42`` when seeds are
-    distinct, else the fold (``fold1`` / ``fold 1 (seed 42)``), else the run id."""
+    distinct, else the fold (``fold1`` / ``fold 1 (seed 42)``), else the run id.
+
+    With ``sweeps`` (the runs' :class:`~mammography.cam.sweep.RunMaps`) the
+    header metrics are those of the recomputed predictions, with the run's
+    stored metrics beside them where they read differently; without, the
+    stored metrics."""
+    from mammography.runs import metrics_differ
     seeds = [r.seed for r in runs]
     distinct_seeds = None not in seeds and len(set(seeds)) == len(seeds)
     folds = [getattr(r, "fold", None) for r in runs]
@@ -133,7 +139,11 @@ def seed_columns(runs: Sequence) -> list[SiteSeed]:
         while key in used:  # the same run given twice
             key += "b"
         used.add(key)
-        out.append(SiteSeed(key=key, label=label, run=str(r.path), metrics=dict(r.metrics)))
+        stored = dict(r.metrics)
+        metrics = stored if sweeps is None else sweeps[i].metrics()
+        differ = sweeps is not None and metrics_differ(metrics, stored)
+        out.append(SiteSeed(key=key, label=label, run=str(r.path), metrics=metrics,
+                            stored_metrics=stored if differ else None, stored_source=r.metrics_source))
     return out
 
 
@@ -220,71 +230,29 @@ def _read_mask(path) -> np.ndarray | None:
 # ---------------------------------------------------------------------------
 
 
-class _Inputs:
-    """Model squares of a batch, decoded once per (size, laterality) setting."""
-
-    def __init__(self, paths: Sequence[str], cache_dir):
-        self.paths = list(paths)
-        self.cache_dir = cache_dir
-        self._datasets: dict = {}
-        self._memo: dict = {}
-
-    def dataset(self, run):
-        from mammography.data.dataset import MammogramDataset
-
-        key = (int(run.img_size), bool(run.normalise_laterality), tuple(run.mean), tuple(run.std))
-        if key not in self._datasets:
-            self._datasets[key] = MammogramDataset(
-                self.paths, img_size=key[0], normalise_laterality=key[1], mean=key[2], std=key[3],
-                cache_dir=self.cache_dir,
-            )
-        return self._datasets[key]
-
-    def prepared(self, run, i: int):
-        ds = self.dataset(run)
-        key = (ds.img_size, ds.normalise_laterality, i)
-        if key not in self._memo:
-            self._memo[key] = ds.prepared(i)
-        return self._memo[key]
-
-    def next_batch(self) -> None:
-        self._memo.clear()
-
-
-def _cam_batch(cam, run_images: RunImages, inputs: _Inputs, indices: Sequence[int], device) -> dict[int, dict]:
-    """CAM maps (layer -> (h, w) float16, plus the fusion) for the images ``indices``
-    a run validated on, explaining the class the run predicted."""
-    run, ds = run_images.run, inputs.dataset(run_images.run)
-    mine = [i for i in indices if inputs.paths[i] in run_images.rows]
-    if not mine:
-        return {}
-    x = torch.stack([ds.to_tensor(inputs.prepared(run, i).square) for i in mine]).to(device)
-    rows = [run_images.rows[inputs.paths[i]] for i in mine]
-    targets = torch.as_tensor(run.predictions["y_pred"].to_numpy()[rows] - 1, dtype=torch.long)
-    res = cam(x, targets=targets).cpu()
-    fused = res.fuse("mean").maps["fused"].numpy() if len(res.layers) > 1 else None
-    out = {}
-    for b, i in enumerate(mine):
-        # float16 keeps every layer of 5,000 images x 3 runs in ~100 MB; maps are stored as uint8 anyway
-        maps = {name: res.maps[name][b].numpy().astype(np.float16) for name in res.layers}
-        if fused is not None:
-            maps[FUSED] = fused[b].astype(np.float16)
-        out[i] = maps
-    return out
-
-
-def _seed_result(ri: RunImages, path: str, maps: dict, geometry) -> SeedResult:
-    """The run's recorded prediction (val_predictions.csv) and its maps."""
-    table = ri.run.predictions
-    row = ri.rows[path]
-    probs = [float(table[c].iloc[row]) for c in _PROB_COLUMNS] if all(c in table for c in _PROB_COLUMNS) else None
+def _seed_result(ri: RunImages, path: str, sweep, check, layers: Sequence[str]) -> SeedResult:
+    """The prediction recomputed from the run's checkpoint (what the maps explain),
+    the stored one beside it where the shared rule says they differ, and the maps."""
+    i = ri.rows[path]
+    maps = {name: sweep.maps[name][i] for name in layers}
+    if len(layers) > 1:
+        maps[FUSED] = _fused(sweep, i, layers)
+    pred = int(sweep.y_pred[i])
     return SeedResult(
-        pred=int(table["y_pred"].iloc[row]),
-        confidence=float(table["confidence"].iloc[row]),
-        probs=probs,
-        maps={name: m.astype(np.float32) for name, m in maps.items()},
-        geometry=geometry,
+        pred=pred,
+        confidence=float(sweep.probs[i, pred - 1]),
+        probs=[float(p) for p in sweep.probs[i]],
+        maps=maps,
+        geometry=sweep.geometries[i],
+        stored_pred=int(ri.run.stored.y_pred[i]) if check.differs[i] else None,
     )
+
+
+def _fused(sweep, i: int, layers: Sequence[str]) -> np.ndarray:
+    """Mean of the image's normalised layer maps (as report-pack's fused row)."""
+    from mammography.cam import fuse_maps
+
+    return fuse_maps([torch.from_numpy(np.ascontiguousarray(sweep.maps[n][i])) for n in layers], "mean").numpy()
 
 
 @dataclass
@@ -324,28 +292,39 @@ _DETAILS = (
 )
 
 
-def _analyse(run_images, store, layer, options) -> tuple[list[_RunAttention], dict]:
+def _analyse(run_images, sweeps, checks, options) -> tuple[list[_RunAttention], dict]:
     """Run the analysis module on each run's final-layer maps, then compare the runs.
 
     Returns the per-run measurements and image path -> ImageConsistency.
     """
     from mammography.analysis.run_analysis import analyze_maps, compare_runs
-    from mammography.data.dataset import MammogramDataset
 
     attention = []
-    for ri, maps in zip(run_images, store):
+    for ri, sweep, check in zip(run_images, sweeps, checks):
         run = ri.run
-        paths = run.predictions["image_path"].astype(str).tolist()
-        dataset = MammogramDataset(paths, img_size=run.img_size, normalise_laterality=run.normalise_laterality,
-                                   mean=run.mean, std=run.std, cache_dir=options.cache_dir)
-        final = np.stack([maps[p][layer].astype(np.float32) for p in paths])
-        analysis = analyze_maps(run, dataset, final, run.probabilities, options=options)
-        attention.append(_RunAttention(analysis, {p: i for i, p in enumerate(paths)}))
+        analysis = analyze_maps(run, run.dataset(options.cache_dir), sweep.maps[options.layer], sweep.probs,
+                                options=options, check=check)
+        attention.append(_RunAttention(analysis, {p: i for i, p in enumerate(sweep.image_paths)}))
     consistency = {}
     if len(attention) >= 2 and set.intersection(*(set(a.index) for a in attention)):
         result = compare_runs([a.analysis for a in attention])
         consistency = {rec.image_path: rec for rec in result.records}
     return attention, consistency
+
+
+def _display(owners: list[RunImages], sweeps: dict, path: str, cache_dir):
+    """(square, geometry, display) shown for an image: the square of the first run
+    whose input holds the whole image; when every run centre-cropped it, the
+    whole image read again (display only)."""
+    for ri in owners:
+        g = sweeps[id(ri)].geometries[ri.rows[path]]
+        if not g.crops:
+            return ri.run.dataset(cache_dir, rows=[ri.rows[path]]).square(0), g, None
+    from mammography.io import read_mammogram
+
+    ri = owners[0]
+    prepared = ri.run.dataset(cache_dir, rows=[ri.rows[path]]).prepared(0)
+    return prepared.square, prepared.geometry, read_mammogram(path).pixels
 
 
 def iter_site_images(
@@ -358,6 +337,7 @@ def iter_site_images(
     cache_dir: str | Path | None = None,
     seeds: Sequence[SiteSeed] | None = None,
     progress: bool = False,
+    sweeps: Sequence | None = None,
 ) -> Iterator[SiteImage]:
     """Yield one :class:`SiteImage` per validation image of any of ``runs``.
 
@@ -383,11 +363,8 @@ def iter_site_images(
     SiteImage, sorted by image path; maps are in each run's model square.
     The CAMs and the analysis are computed when the first image is asked for.
     """
-    from tqdm.auto import tqdm
-
     from mammography.analysis.consistency import HIGH_AGREEMENT
     from mammography.analysis.run_analysis import AnalysisOptions
-    from mammography.cam import create_cam
     from mammography.training.train import resolve_device
 
     device = resolve_device(str(device))
@@ -403,46 +380,38 @@ def iter_site_images(
     index = _image_index(run_images)
     paths = [p for p, _ in index]
     names = _display_names(paths)
-    inputs = _Inputs(paths, cache_dir)
 
-    # 1. CAMs of every layer, every run, every image (low resolution, kept)
-    cams = [create_cam(method, ri.run.load_model(device=device), layers=layers) for ri in run_images]
-    store: list[dict[str, dict]] = [{} for _ in run_images]
-    starts = range(0, len(paths), batch_size)
-    for start in tqdm(starts, desc="explorer CAMs", unit="batch", disable=not progress, leave=False):
-        inputs.next_batch()
-        batch = list(range(start, min(start + batch_size, len(paths))))
-        for k, (cam, ri) in enumerate(zip(cams, run_images)):
-            for i, maps in _cam_batch(cam, ri, inputs, batch, device).items():
-                store[k][paths[i]] = maps
-    del cams
+    # 1. one sweep per run: recomputed predictions and the maps of every layer (low resolution, kept)
+    if sweeps is None:
+        sweeps = sweep_runs(runs, layers, method, device=device, batch_size=batch_size, cache_dir=cache_dir,
+                            progress=progress)
+    sweeps = {id(ri): sweep for ri, sweep in zip(run_images, sweeps)}
+    checks = [ri.run.check_predictions(sweeps[id(ri)].probs) for ri in run_images]
 
     # 2. attention numbers from the analysis module, on the final block
     options = AnalysisOptions(method=method, layer=layers[-1], batch_size=batch_size, device=str(device),
                               cache_dir=None if cache_dir is None else Path(cache_dir))
-    attention, consistency = _analyse(run_images, store, layers[-1], options)
+    attention, consistency = _analyse(run_images, [sweeps[id(ri)] for ri in run_images], checks, options)
 
     # 3. one record per image
     for i, (path, y_true) in enumerate(index):
-        inputs.next_batch()
         owners = [k for k, ri in enumerate(run_images) if path in ri.rows]
         first = run_images[owners[0]]
-        prep = inputs.prepared(first.run, i)  # shown as the first run that validated on it prepared it
+        square, g, display = _display([run_images[k] for k in owners], sweeps, path, cache_dir)
         results = {}
         for k in owners:
             ri = run_images[k]
             score, flag, details = attention[k].numbers(path)
-            result = _seed_result(ri, path, store[k][path], inputs.prepared(ri.run, i).geometry)
+            result = _seed_result(ri, path, sweeps[id(ri)], checks[k], layers)
             result.spurious, result.spurious_flag, result.details = score, flag, details
             results[ri.seed.key] = result
         row = first.run.predictions.iloc[first.rows[path]]
         rec = consistency.get(path)
         rho = None if rec is None else rec.mean_rank_correlation
-        g = prep.geometry
         yield SiteImage(
             name=names[i],
             y_true=y_true,
-            square=prep.square,
+            square=square,
             geometry=g,
             results=results,
             roi=_read_mask(row.get("roi_path")),
@@ -451,7 +420,17 @@ def iter_site_images(
             reasons=() if rec is None else tuple(rec.reasons),
             meta={**{c: row.get(c) for c in _META_COLUMNS if c in row.index},
                   "size": f"{g.original_shape[0]} x {g.original_shape[1]} px", "path": path},
+            display=display,
         )
+
+
+def sweep_runs(runs: Sequence, layers: Sequence[str], method: str = "gradcam", *, device="auto",
+               batch_size: int = 16, cache_dir=None, progress: bool = False) -> list:
+    """One :func:`~mammography.cam.sweep.sweep_run` per run, every layer in one pass."""
+    from mammography.cam.sweep import sweep_run
+
+    return [sweep_run(run, list(layers), method, batch_size=batch_size, device=device, cache_dir=cache_dir,
+                      progress=progress) for run in runs]
 
 
 def build_explorer(
@@ -491,7 +470,12 @@ def build_explorer(
     """
     layers = resolve_layer_names(layers)
     run_list = load_runs(runs, outputs_root=outputs_root)
-    seeds = seed_columns(run_list)
+    for run in run_list:
+        for note in run.notes:
+            log.warning("%s", note)
+    sweeps = sweep_runs(run_list, layers, method, device=device, batch_size=batch_size, cache_dir=cache_dir,
+                        progress=progress)
+    seeds = seed_columns(run_list, sweeps)
     n = len({str(p) for r in run_list for p in r.predictions["image_path"]})
     subtitle = (
         f"{n} validation images, {len(run_list)} run{'s' if len(run_list) != 1 else ''}; "
@@ -500,7 +484,7 @@ def build_explorer(
     return build_site(
         out_dir,
         iter_site_images(run_list, layers, method=method, device=device, batch_size=batch_size,
-                         cache_dir=cache_dir, seeds=seeds, progress=progress),
+                         cache_dir=cache_dir, seeds=seeds, progress=progress, sweeps=sweeps),
         seeds,
         site_layers(list(layers)),
         title=title or "Grad-CAM explorer: " + ", ".join(s.label for s in seeds),

@@ -86,13 +86,19 @@ class SiteSeed:
     label : what the page shows (e.g. ``"seed 42"``).
     run : where the run came from (its directory), shown in the header.
     metrics : the run's validation metrics (``acc``, ``kappa_quadratic``,
-        ``macro_f1`` ...; floats or None), shown in the header.
+        ``macro_f1`` ...; floats or None) of the predictions the page shows
+        (recomputed from the checkpoint), shown in the header.
+    stored_metrics : the metrics the run stored itself, shown beside them
+        when they read differently; None otherwise.
+    stored_source : the file ``stored_metrics`` came from.
     """
 
     key: str
     label: str
     run: str = ""
     metrics: Mapping[str, float | None] = field(default_factory=dict)
+    stored_metrics: Mapping[str, float | None] | None = None
+    stored_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,8 +121,9 @@ class SeedResult:
 
     Attributes
     ----------
-    pred : predicted class, 1..4.
+    pred : predicted class, 1..4 (recomputed from the checkpoint: what the maps explain).
     confidence : probability of the predicted class, 0..1.
+    stored_pred : the run's stored prediction where it differs from ``pred``, else None.
     probs : the four class probabilities (A..D), or None.
     maps : layer key -> low-resolution heatmap (h, w) covering the square
         model input. Each map is min-max normalised to [0, 1] as in the
@@ -141,6 +148,7 @@ class SeedResult:
     spurious_flag: bool | None = None
     details: Mapping[str, float | str] = field(default_factory=dict)
     geometry: Geometry | None = None
+    stored_pred: int | None = None
 
 
 @dataclass
@@ -170,6 +178,9 @@ class SiteImage:
         the seeds' scores.
     meta : extra text fields shown in the image view (view, laterality,
         accession, patient_id, path ...).
+    display : the whole image in its original orientation (float (h, w) in
+        [0, 1]), when ``square`` does not hold all of it (a centre-cropped
+        model input); None = cut from ``square``.
     """
 
     name: str
@@ -183,6 +194,7 @@ class SiteImage:
     reasons: Sequence[str] = ()
     spurious: float | None = None
     meta: Mapping[str, object] = field(default_factory=dict)
+    display: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -433,12 +445,13 @@ def _image_record(
         raise ConfigError(f"image {img.name!r} has results for unknown seeds {unknown}")
     if int(img.y_true) not in (1, 2, 3, 4):
         raise ConfigError(f"image {img.name!r} has true class {img.y_true!r}; expected 1..4")
-    preds, confs, spur, flags = [], [], [], []
+    preds, confs, spur, flags, stored = [], [], [], [], []
     for s in seeds:
         r = img.results.get(s.key)
         if r is not None and int(r.pred) not in (1, 2, 3, 4):
             raise ConfigError(f"image {img.name!r}, {s.key}: predicted class {r.pred!r}; expected 1..4")
         preds.append(None if r is None else int(r.pred))
+        stored.append(None if r is None or r.stored_pred is None else int(r.stored_pred))
         confs.append(None if r is None else _round(r.confidence))
         spur.append(None if r is None else _round(r.spurious))
         flags.append(None if r is None or r.spurious_flag is None else int(bool(r.spurious_flag)))
@@ -453,6 +466,7 @@ def _image_record(
         "n": str(img.name),
         "t": int(img.y_true),
         "p": preds,
+        "q": stored,
         "c": confs,
         "s": spur,
         "m": majority,
@@ -567,7 +581,10 @@ def build_site(
             "subtitle": subtitle,
             "classes": list(CLASS_LETTERS),
             "seeds": [
-                {"key": s.key, "label": s.label, "run": s.run, "metrics": {k: _round(v) for k, v in s.metrics.items()}}
+                {"key": s.key, "label": s.label, "run": s.run, "metrics": {k: _round(v) for k, v in s.metrics.items()},
+                 "stored_metrics": None if s.stored_metrics is None
+                 else {k: _round(v) for k, v in s.stored_metrics.items()},
+                 "stored_source": s.stored_source}
                 for s in seeds
             ],
             "layers": [{"key": x.key, "label": x.label} for x in layers],
@@ -609,12 +626,18 @@ def _write_images(tmp, images, seeds, layers, display_height, thumb_height, qual
     records = []
     for i, img in enumerate(images):
         key = f"i{i:05d}"
-        square = np.asarray(img.square, dtype=np.float32)
-        if square.ndim != 2:
-            raise ConfigError(f"image {img.name!r}: the square image must be 2-D, got shape {square.shape}")
-        box = _content_box(square, img.geometry)
-        flipped = bool(img.geometry.flipped) if img.geometry is not None else False
-        pixels = _to_display(square, box, flipped)
+        if img.display is not None:
+            pixels = np.asarray(img.display, dtype=np.float32)
+        else:
+            square = np.asarray(img.square, dtype=np.float32)
+            if square.ndim != 2:
+                raise ConfigError(f"image {img.name!r}: the square image must be 2-D, got shape {square.shape}")
+            if img.geometry is not None and img.geometry.crops:
+                raise ConfigError(f"image {img.name!r}: a centre-cropped square does not hold the whole image; "
+                                  "pass SiteImage.display")
+            box = _content_box(square, img.geometry)
+            flipped = bool(img.geometry.flipped) if img.geometry is not None else False
+            pixels = _to_display(square, box, flipped)
         display = _resize(pixels, display_height)
         _save_jpeg(display, tmp / "img" / f"{key}.jpg", quality)
         _save_jpeg(_resize(pixels, thumb_height), tmp / "thumb" / f"{key}.jpg", quality)

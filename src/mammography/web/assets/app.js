@@ -245,14 +245,20 @@
     var head = el("tr");
     ["run", "acc", "κ (quadratic)", "macro-F1", "AUC"].forEach(function (h) { head.appendChild(el("th", null, h)); });
     t.appendChild(head);
+    var keys = ["acc", "kappa_quadratic", "macro_f1", "auc_ovr"];
+    function fmt(v) { return v === null || v === undefined ? "–" : v.toFixed(3); }
     SEEDS.forEach(function (s) {
+      // metrics of the predictions recomputed from the checkpoint (what the maps explain)
       var tr = el("tr", { title: s.run });
       tr.appendChild(el("td", null, s.label));
-      ["acc", "kappa_quadratic", "macro_f1", "auc_ovr"].forEach(function (k) {
-        var v = s.metrics[k];
-        tr.appendChild(el("td", null, v === null || v === undefined ? "–" : v.toFixed(3)));
-      });
+      keys.forEach(function (k) { tr.appendChild(el("td", null, fmt(s.metrics[k]))); });
       t.appendChild(tr);
+      if (s.stored_metrics) {  // the run's own record, only where it reads differently
+        var st = el("tr", { "class": "stored", title: "as stored by the run (" + (s.stored_source || "") + ")" });
+        st.appendChild(el("td", null, s.label + " (stored)"));
+        keys.forEach(function (k) { st.appendChild(el("td", null, fmt(s.stored_metrics[k]))); });
+        t.appendChild(st);
+      }
     });
   }
 
@@ -357,20 +363,23 @@
    * display pixel the two map cells and the weight of the second. */
   function axis(nOut, nMap, start, extent, flip) {
     var i0 = new Int32Array(nOut), i1 = new Int32Array(nOut), wt = new Float32Array(nOut);
+    var seen = new Uint8Array(nOut);  // 0 where a centre crop cut the image away: no map there
     for (var x = 0; x < nOut; x++) {
       var u = (x + 0.5) / nOut;
       if (flip) u = 1 - u;
-      var m = (start + u * extent) * nMap - 0.5;
+      var q = start + u * extent;
+      seen[x] = q >= 0 && q <= 1 ? 1 : 0;
+      var m = q * nMap - 0.5;
       m = Math.min(Math.max(m, 0), nMap - 1);
       var a = Math.floor(m);
       i0[x] = a; i1[x] = Math.min(a + 1, nMap - 1); wt[x] = m - a;
     }
-    return { i0: i0, i1: i1, w: wt };
+    return { i0: i0, i1: i1, w: wt, seen: seen };
   }
 
   /* Paint one low-res map onto the display image: crop the square's padding
    * (maps.geo[j]), undo the laterality flip, interpolate bilinearly and colour each
-   * pixel through the LUT. */
+   * pixel through the LUT; pixels the model never saw (a centre crop) stay clear. */
   function paintOverlay(canvas, layer, j, maps, lut) {
     var b64 = layer && layer.m[j];
     if (!b64) return false;
@@ -386,7 +395,8 @@
         var top = v[r0 + c0] + (v[r0 + c1] - v[r0 + c0]) * wx;
         var bot = v[r1 + c0] + (v[r1 + c1] - v[r1 + c0]) * wx;
         var o = Math.round(top + (bot - top) * wy) * 3;
-        d[k] = lut[o]; d[k + 1] = lut[o + 1]; d[k + 2] = lut[o + 2]; d[k + 3] = 255;
+        d[k] = lut[o]; d[k + 1] = lut[o + 1]; d[k + 2] = lut[o + 2];
+        d[k + 3] = ax.seen[x] && ay.seen[y] ? 255 : 0;
       }
     }
     ctx.putImageData(img, 0, 0);
@@ -487,6 +497,10 @@
       var ok = r.p[j] === r.t;
       cap.appendChild(el("strong", null, s.label + ": "));
       cap.appendChild(el("span", { "class": ok ? "ok" : "bad" }, letter(r.p[j]) + " " + pct(r.c[j]) + (ok ? " ✓" : " ✗")));
+      if (r.q && r.q[j] !== null) {
+        cap.appendChild(el("span", { "class": "probs warn", title: "the run's stored prediction differs from the one recomputed from its checkpoint" },
+          "stored prediction " + letter(r.q[j])));
+      }
       var probs = maps.probs && maps.probs[j];
       if (probs) cap.appendChild(el("span", { "class": "probs" }, CLASSES.map(function (c, i) { return c + "\u00a0" + pct(probs[i]); }).join(" · ")));
       if (r.s[j] !== null) {
