@@ -382,8 +382,8 @@ def _run_explain(args) -> int:
         cache_dir=(args.cache_dir or default_cache_dir()) if args.use_cache else None, progress=args.progress,
     )
     for out in outputs:
-        agree = "" if out.n_agree == out.n_images else f" (differs from the run's record for {out.n_images - out.n_agree})"
-        print(f"{out.run_id}: {out.n_images} images, {out.method} at {', '.join(out.layers)}{agree}")
+        print(f"{out.run_id}: {out.n_images} images, {out.method} at {', '.join(out.layers)}")
+        print(out.check.message())
         print(f"wrote {out.npz_path}")
         print(f"wrote {out.csv_path}")
     return 0

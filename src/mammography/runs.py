@@ -252,10 +252,11 @@ class Run:
         The metrics file as read (confusion matrix, report ...).
     writer : str
         :data:`OUR_WRITER` or :data:`PIPELINES_WRITER`.
-    stored : StoredPredictions
+    stored : StoredPredictions or None
         The stored predictions recomputed ones are compared with: those of
         the checkpoint's own epoch when the run kept them, else
-        ``val_predictions.csv``.
+        ``val_predictions.csv``; None when the run kept none (a fold whose
+        validation images were rebuilt).
     checkpoint_epoch : int or None
         The epoch the checkpoint's weights come from, when known.
     metrics_source : str
@@ -285,7 +286,7 @@ class Run:
     missing_images: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.stored is None:
+        if self.stored is None and "y_pred" in self.predictions:
             y_pred = self.predictions["y_pred"].to_numpy(dtype=int)
             self.stored = StoredPredictions("val_predictions.csv", y_pred, np.asarray(self.probabilities, np.float64))
 
@@ -371,9 +372,12 @@ class Run:
         command shows).
         """
         rows = np.arange(len(self.predictions)) if rows is None else np.asarray(rows, dtype=int)
-        stored = replace(self.stored, y_pred=self.stored.y_pred[rows], probs=self.stored.probs[rows])
         probs = np.asarray(probs, dtype=np.float64)
         paths = self.predictions["image_path"].astype(str).to_numpy()[rows].tolist()
+        if self.stored is None:  # e.g. a rebuilt cross-validation fold: nothing to compare with
+            return PredictionCheck(self.run_id, len(paths), np.zeros(len(paths), bool), (), 0.0,
+                                   "no stored predictions", "", tolerance)
+        stored = replace(self.stored, y_pred=self.stored.y_pred[rows], probs=self.stored.probs[rows])
         if probs.shape != stored.probs.shape:
             raise RunError(f"{self.run_id}: {probs.shape[0]} recomputed predictions for {len(paths)} stored ones")
         if not len(paths):
@@ -396,6 +400,8 @@ class Run:
         )
 
     def _epoch_note(self) -> str:
+        if self.stored is None:
+            return ""
         epoch, ckpt = self.stored.epoch, self.checkpoint_epoch
         if epoch is not None and ckpt is not None and epoch != ckpt:
             return f"{self.stored.source} is from epoch {epoch}, the checkpoint from epoch {ckpt}"
@@ -415,10 +421,18 @@ class CVRun:
     k : int
         Number of folds.
     folds : list[Run]
-        In fold order; ``Run.fold`` keeps the folder's number (from 1, or
-        from 0 in the newer variant).
+        The folds that can be explained (weights and validation images
+        known), in fold order; ``Run.fold`` keeps the folder's number (from
+        1, or from 0 in the earlier project's layout).
     summary : dict
         cv_summary.json as read (``{}`` when the variant has none).
+    records : list[FoldRecord]
+        Every fold, with the metrics its files state, whether it has a
+        :class:`Run` and, when not, why.
+    writer : str
+        :data:`OUR_WRITER` or :data:`PIPELINES_WRITER`.
+    notes : list of str
+        What the user should know about the files (one line each).
     """
 
     root: Path
@@ -426,6 +440,36 @@ class CVRun:
     k: int
     folds: list[Run]
     summary: dict
+    records: list = field(default_factory=list)
+    writer: str = OUR_WRITER
+    notes: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.records:
+            self.records = [FoldRecord(run.fold if run.fold is not None else i + 1, dict(run.metrics), run)
+                            for i, run in enumerate(self.folds)]
+
+
+@dataclass(eq=False)
+class FoldRecord:
+    """One fold of a cross-validation run, as its files have it.
+
+    Attributes
+    ----------
+    number : the folder's fold number.
+    metrics : the six scalar metrics the files state (None where absent or
+        known to be wrong).
+    run : the fold as a :class:`Run` when its weights and validation images
+        are known, else None.
+    missing : why there is no ``run`` (one line), or "".
+    metrics_note : why some stated metrics are left out, or "".
+    """
+
+    number: int
+    metrics: dict
+    run: Run | None = None
+    missing: str = ""
+    metrics_note: str = ""
 
 
 # --------------------------------------------------------------------------- files
@@ -816,6 +860,8 @@ def load_run(path: str | Path) -> Run:
         missing_images=missing,
     )
     _attach_epochs(run)
+    if writer == PIPELINES_WRITER:
+        run.notes.extend(_resume_notes(run))
     return run
 
 
@@ -886,11 +932,87 @@ def _attach_epochs(run: Run) -> None:
         return
     run.checkpoint_epoch = _int_value(summary.get("best_epoch"))
     last = _history_last_epoch(run.path)
-    run.stored = replace(run.stored, epoch=last)
+    csv = replace(run.stored, epoch=last)
+    best = _val_rows(run) if run.metrics_source == PIPELINES_BEST_METRICS else None
+    run.stored = best if best is not None else csv
     if last is not None and run.checkpoint_epoch is not None and last != run.checkpoint_epoch:
+        compared = (f"predictions are compared with {best.source}, the checkpoint's epoch" if best is not None
+                    else "no stored prediction of the checkpoint's epoch exists, so differences are expected")
         run.notes.append(f"{run.run_id}: val_predictions.csv is from epoch {last}, the checkpoint from epoch "
                          f"{run.checkpoint_epoch} (the earlier project rewrote the CSV after every epoch); "
-                         f"metrics are read from {run.metrics_source}")
+                         f"{compared}; metrics are read from {run.metrics_source}")
+
+
+def _split_paths(run: Run) -> set[str] | None:
+    """Absolute image paths of the earlier project's splits/val.csv, or None without one."""
+    path = run.path / "splits" / "val.csv"
+    if not path.is_file():
+        return None
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None
+    column = next((c for c in ("image_path", "path") if c in table), None)
+    if column is None:
+        return None
+    bases = _path_bases(run.path, run.summary)
+    return {p for p in (_absolute_path(v, bases) for v in table[column]) if p}
+
+
+def _resume_notes(run: Run) -> list[str]:
+    """What an automatic resume of the earlier project left inconsistent.
+
+    A resumed training rewrites summary.json (seed, resume_epoch, ...) and
+    redraws splits/val.csv with the new seed, while the weights, the
+    predictions and train_history.csv stay those of the training that ran.
+    """
+    summary, notes = run.summary, []
+    resumed = summary.get("resume_from")
+    resume_epoch = _int_value(summary.get("resume_epoch"))
+    last = _history_last_epoch(run.path)
+    where = f" (resume_from {resumed})" if isinstance(resumed, str) and resumed else ""
+    if resumed and resume_epoch is not None and last is not None and resume_epoch > last:
+        notes.append(f"{run.run_id}: summary.json was rewritten by a resumed run{where}: its resume_epoch "
+                     f"{resume_epoch} comes after the last trained epoch {last}, so that resume trained nothing and "
+                     "its settings (seed, ...) do not describe the weights")
+    split = _split_paths(run)
+    images = set(run.predictions["image_path"].astype(str))
+    if split is not None and split != images:
+        shared = len(split & images)
+        seed = f" seed {run.seed}" if run.seed is not None else ""
+        notes.append(f"{run.run_id}: splits/val.csv (drawn with summary.json's{seed}) shares {shared} of "
+                     f"{len(images)} images with val_predictions.csv, so summary.json's seed is not the one the "
+                     f"checkpoint was trained with{where}; the images of val_predictions.csv are used")
+    return notes
+
+
+def _val_rows(run: Run) -> StoredPredictions | None:
+    """The checkpoint epoch's predictions kept in the earlier project's best_metrics.json.
+
+    ``val_rows`` is a list of ``{path, y_true, y_pred, p_class_0..p_class_3,
+    ...}`` with 1-based classes. Used only when it lists exactly the images
+    of val_predictions.csv (matched by path), else None.
+    """
+    rows = run.metrics_raw.get("val_rows")
+    if not isinstance(rows, list) or len(rows) != len(run.predictions):
+        return None
+    bases = _path_bases(run.path, run.summary)
+    position = {p: i for i, p in enumerate(run.predictions["image_path"].astype(str))}
+    y_pred = np.zeros(len(rows), dtype=int)
+    probs = np.full((len(rows), len(PROB_COLUMNS)), np.nan)
+    for row in rows:
+        if not isinstance(row, dict):
+            return None
+        i = position.get(_absolute_path(row.get("path"), bases) or "")
+        values = [_finite(row.get(f"p_class_{k}")) for k in range(len(PROB_COLUMNS))]
+        pred = _int_value(row.get("y_pred"))
+        if i is None or None in values or pred is None or not 1 <= pred <= len(PROB_COLUMNS):
+            return None
+        y_pred[i], probs[i] = pred, values
+    if np.isnan(probs).any():  # a path listed twice, another missing
+        return None
+    epoch = _int_value(run.summary.get("best_epoch"))
+    return StoredPredictions(f"{PIPELINES_BEST_METRICS} (val_rows)", y_pred, probs, epoch)
 
 
 def _declared_k(root: Path, summary: dict) -> int | None:
@@ -933,6 +1055,10 @@ def load_cv_run(path: str | Path) -> CVRun:
         )
     summary_path = root / "cv_summary.json"
     summary = _read_json(summary_path) if summary_path.is_file() else {}
+    if not any((_fold_run_dir(f) / "val_predictions.csv").is_file() for f in folds):
+        from mammography.pipelines_cv import load_pipelines_cv
+
+        return load_pipelines_cv(root, folds, summary)
     numbers = [_fold_number(f) for f in folds]
     first = 0 if numbers[0] == 0 else 1
     k = _declared_k(root, summary) or len(folds)

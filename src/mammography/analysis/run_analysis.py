@@ -871,9 +871,12 @@ def analyze_maps(
 
 def _stored_beside(run, check, paths: list[str]) -> pd.Series:
     """The run's stored prediction where ``check`` says it differs from the recomputed one, else empty."""
+    differs = np.asarray(check.differs, dtype=bool)
+    if run.stored is None:
+        return pd.Series(np.zeros(len(paths), int), dtype="Int64").where(differs)
     position = {str(p): i for i, p in enumerate(run.predictions["image_path"].astype(str))}
     stored = run.stored.y_pred[[position[p] for p in paths]]
-    return pd.Series(stored, dtype="Int64").where(np.asarray(check.differs, dtype=bool))
+    return pd.Series(stored, dtype="Int64").where(differs)
 
 
 def _marker_occlusion(model, dataset, jobs, probs, y_pred, run, options: AnalysisOptions) -> pd.DataFrame:
@@ -1052,7 +1055,15 @@ def _expand_runs(run_specs, outputs_root) -> list:
 
     runs = []
     for path in resolve_runs(run_specs, outputs_root=outputs_root):
-        runs.extend(load_cv_run(path).folds if is_cv_root(path) else [load_run(path)])
+        if is_cv_root(path):
+            cv = load_cv_run(path)
+            for note in cv.notes:
+                log.warning("%s", note)
+            runs.extend(cv.folds)
+        else:
+            runs.append(load_run(path))
+    for note in [n for run in runs for n in run.notes]:
+        log.warning("%s", note)
     if not runs:
         raise ConfigError("no run to analyse; give at least one --run")
     return runs

@@ -172,8 +172,16 @@ def explain_runs(
 
     outputs: list[ExplainOutput] = []
     for path in resolve_runs(specs, outputs_root=outputs_root):
-        runs = load_cv_run(path).folds if is_cv_root(path) else [load_run(path)]
+        if is_cv_root(path):
+            cv = load_cv_run(path)
+            for note in cv.notes:
+                log.warning("%s", note)
+            runs = cv.folds
+        else:
+            runs = [load_run(path)]
         for run in runs:
+            for note in run.notes:
+                log.warning("%s", note)
             outputs.append(explain_run(run, layers, method, Path(out_dir) / run_folder_name(run.run_id), **kwargs))
     return outputs
 
@@ -194,10 +202,14 @@ def prediction_table(run, maps: RunMaps, check) -> pd.DataFrame:
         out["cam_target"] = maps.targets + 1  # the class the map explains, 1..4
     differs = check.differs
     out["agrees_with_run"] = ~differs
-    stored_pred = run.stored.y_pred
-    stored_conf = run.stored.probs[np.arange(len(stored_pred)), stored_pred - 1]
-    out["stored_y_pred"] = pd.Series(stored_pred, dtype="Int64").where(differs)
-    out["stored_confidence"] = np.where(differs, stored_conf, np.nan)
+    if run.stored is None:  # nothing stored to compare with (a rebuilt cross-validation fold)
+        out["stored_y_pred"] = pd.Series(np.zeros(len(out), int), dtype="Int64").where(differs)
+        out["stored_confidence"] = np.nan
+    else:
+        stored_pred = run.stored.y_pred
+        stored_conf = run.stored.probs[np.arange(len(stored_pred)), stored_pred - 1]
+        out["stored_y_pred"] = pd.Series(stored_pred, dtype="Int64").where(differs)
+        out["stored_confidence"] = np.where(differs, stored_conf, np.nan)
     for column in ("accession", "patient_id", "view", "laterality"):
         if column in run.predictions.columns:
             out[column] = run.predictions[column].to_numpy()

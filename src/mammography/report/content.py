@@ -51,7 +51,11 @@ class SeedEntry:
 
 @dataclass(frozen=True)
 class CVEntry:
-    """One cross-validation run: its per-fold table and fold figures."""
+    """One cross-validation run: its per-fold table and fold figures.
+
+    ``caption`` is the table's caption (plain text, escaped by each renderer):
+    where the numbers come from and what the run's files could not give.
+    """
 
     cv_id: str
     seed: int | None
@@ -59,6 +63,7 @@ class CVEntry:
     table: MetricTable
     table_label: str
     figures: tuple[FigureRef, ...] = ()
+    caption: str = ""
 
 
 @dataclass(frozen=True)

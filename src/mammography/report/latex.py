@@ -127,6 +127,7 @@ def render_latex(content: ReportContent, article_dir: str | Path) -> str:
             "table": _table_rows(c.table),
             "headers": [headers[k] for k in c.table.keys],
             "figures": [fig(f) for f in c.figures],
+            "caption": c.caption,
         }
         for c in content.cvs
     ]

@@ -85,7 +85,7 @@ def render_markdown_block(content: ReportContent, markdown_path: str | Path) -> 
     seeds = [{"seed": s.seed, "run_id": s.run_id, "figure": fig(s.figure), "layer_figure": fig(s.layer_figure)}
              for s in content.seeds]
     cvs = [{"cv_id": c.cv_id, "seed": c.seed, "k": c.k, "table": _table(c.table, "Fold"),
-            "figures": [fig(f) for f in c.figures]} for c in content.cvs]
+            "figures": [fig(f) for f in c.figures], "caption": c.caption} for c in content.cvs]
     seed_table = _table(content.seed_table, "Seed") if content.seed_table is not None else None
     attention = None
     if content.attention is not None:

@@ -663,9 +663,8 @@ def _load_inputs(run_specs, cv_specs, outputs_root):
         raise ConfigError(f"two cross-validation runs share a folder name ({', '.join(cv_ids)}); pass one of each")
     runs.sort(key=lambda r: r.seed)
     cvs.sort(key=lambda c: c.root.name)
-    for run in runs + [fold for cv in cvs for fold in cv.folds]:
-        for note in run.notes:
-            log.warning("%s", note)
+    for note in [n for cv in cvs for n in cv.notes] + [n for r in runs + [f for cv in cvs for f in cv.folds] for n in r.notes]:
+        log.warning("%s", note)
     return runs, cvs
 
 
@@ -755,7 +754,8 @@ def report_pack(
         attention, analysis_record, attention_seconds = _attention(pack, evaluated, options)
 
     seed_table = metric_table(_metric_rows([(str(ev.run.seed), ev) for ev in evaluated])) if evaluated else None
-    main_layer = (evaluated or [f for _, fs in cv_evaluated for f in fs])[0].layer
+    explained = evaluated or [f for _, fs in cv_evaluated for f in fs]
+    main_layer = explained[0].layer if explained else options.layers[-1]
     content = ReportContent(
         seeds=tuple(seed_entries), seed_table=seed_table, cvs=tuple(cv_entries), method=canonical_method(options.method),
         layer=main_layer, selection=describe_strategy(options.select), per_class=options.per_class,
@@ -892,10 +892,37 @@ def _cv_outputs(pack: _Pack, cv, folds: list[EvaluatedRun], selections: dict) ->
         caption = _grid_caption(ev, selection, options, f"fold {number} of the {cv.k}-fold cross-validation {cv_id}")
         figures.append(_figure_ref(path, layout, f"fig:density-cv-{_slug(cv_id)}-fold{number}", caption,
                                    f"Grad-CAM examples, {cv_id} fold {number}"))
-    labels = [str(ev.run.fold if ev.run.fold is not None else i + 1) for i, ev in enumerate(folds)]
-    table = metric_table(_metric_rows(list(zip(labels, folds))))
+    evaluated = {ev.run.fold: ev for ev in folds}
+    rows = []
+    for record in cv.records:
+        ev = evaluated.get(record.number)
+        if ev is not None:
+            rows += _metric_rows([(str(record.number), ev)])
+        else:
+            rows.append((f"{record.number} (stored)", record.metrics, False))
+    table = metric_table(rows)
     return CVEntry(cv_id=cv_id, seed=cv.seed, k=cv.k, table=table, table_label=f"tab:density-cv-{_slug(cv_id)}",
-                   figures=tuple(figures))
+                   figures=tuple(figures), caption=_cv_caption(cv, evaluated))
+
+
+def _cv_caption(cv, evaluated: dict) -> str:
+    """Where each fold's numbers come from, and what the run's files could not give."""
+    n = len(evaluated)
+    if n == len(cv.records):
+        text = "validation metrics per fold, recomputed from each fold's checkpoint."
+    elif n:
+        text = (f"validation metrics per fold; {n} of {len(cv.records)} folds recomputed from their checkpoints, "
+                "the rows marked (stored) as the run's files state them.")
+    else:
+        text = "validation metrics per fold as the run's files state them (no fold could be recomputed)."
+    text += " Last row: mean \u00b1 sample standard deviation over the recomputed folds." if n else ""
+    notes = sorted({r.metrics_note for r in cv.records if r.metrics_note and r.number not in evaluated})
+    missing = [r.missing.split(": ", 1)[-1] for r in cv.records if r.missing]
+    if notes:
+        text += " Missing values: " + "; ".join(notes) + "."
+    if missing:
+        text += " Not recomputed: " + "; ".join(sorted(set(missing))) + "."
+    return text
 
 
 def _metric_rows(labelled: list[tuple[str, EvaluatedRun]]) -> list[tuple[str, dict, bool]]:

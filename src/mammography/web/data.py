@@ -108,7 +108,13 @@ def load_runs(specs: Sequence, outputs_root: str | Path = Path("outputs")) -> li
             paths.append(spec)
             continue
     for path in resolve_runs([str(p) for p in paths], outputs_root=outputs_root) if paths else []:
-        runs.extend(load_cv_run(path).folds if is_cv_root(path) else [load_run(path)])
+        if is_cv_root(path):
+            cv = load_cv_run(path)
+            for note in cv.notes:
+                log.warning("%s", note)
+            runs.extend(cv.folds)
+        else:
+            runs.append(load_run(path))
     if not runs:
         raise ConfigError("no runs given to the explorer; pass --run DIR (a training run directory)")
     return runs
