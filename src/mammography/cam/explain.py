@@ -27,10 +27,9 @@ Archive keys
 
 from __future__ import annotations
 
+import io
 import logging
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +37,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mammography.atomic import FileBatch, OutputLock
 from mammography.cam.layers import LayerSpec
 from mammography.cam.methods import create_cam
 from mammography.cam.result import CAMResult
+from mammography.csvfiles import csv_bytes
 from mammography.data.labels import CLASS_LETTERS
 from mammography.errors import ConfigError, RunError
 from mammography.io.geometry import Geometry
+from mammography.limits import MAX_BATCH_SIZE, check_int
 
 __all__ = [
     "ExplainOutput",
@@ -145,7 +147,8 @@ class Explanations:
 def run_folder_name(run_id: str) -> str:
     """Folder name for a run id (a fold's ``"results_k3_seed42/fold_1"`` becomes
     ``"results_k3_seed42__fold_1"``)."""
-    return run_id.replace("/", "__").replace("\\", "__")
+    name = run_id.replace("/", "__").replace("\\", "__")
+    return name if name.strip(".") else "run"  # "." or ".." would name a folder outside OUT
 
 
 def explanation_paths(out_dir: str | Path, method: str) -> tuple[Path, Path]:
@@ -196,18 +199,6 @@ def _check_targets(targets) -> str:
     raise ConfigError(f"target class must be 0..{len(CLASS_LETTERS) - 1} (0 = BI-RADS A), got {targets!r}")
 
 
-def _atomic_write(path: Path, write: Callable) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def explain_run(
     run,
     layers: LayerSpec = None,
@@ -249,16 +240,32 @@ def explain_run(
     ------
     RunError, CheckpointError, ImageReadError, ConfigError
         Unreadable run, checkpoint or image; bad option.
+    OutputError
+        The output folder cannot be written or another process writes it
+        (checked before any map is computed); nothing is written then.
     """
+    from mammography.runs import Run, load_run
+
+    _check_targets(targets)
+    check_int(batch_size, "batch size", 1, MAX_BATCH_SIZE)
+    run = run if isinstance(run, Run) else load_run(run)
+    target_dir = Path(out_dir) if out_dir is not None else DEFAULT_OUT / run_folder_name(run.run_id)
+    with OutputLock(folders=[target_dir], command="mammography explain") as lock:
+        batch = FileBatch()
+        output = _explain(batch, run, layers, method, target_dir, targets=targets, batch_size=batch_size,
+                          device=device, autocast=autocast, cache_dir=cache_dir, progress=progress)
+        batch.commit(lock.journal(target_dir))
+    return output
+
+
+def _explain(batch: FileBatch, run, layers, method, target_dir: Path, *, targets, batch_size, device, autocast,
+             cache_dir, progress) -> ExplainOutput:
+    """Compute one run's CAMs and stage its two files in ``batch``."""
     from tqdm.auto import tqdm
 
     from mammography.data.dataset import MammogramDataset
-    from mammography.runs import Run, load_run
 
     target_mode = _check_targets(targets)
-    if int(batch_size) < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    run = run if isinstance(run, Run) else load_run(run)
     dev = _resolve_device(device)
     table = run.predictions
     if len(table) == 0:
@@ -291,7 +298,6 @@ def explain_run(
 
     arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     layer_names = cam.layer_names
-    target_dir = Path(out_dir) if out_dir is not None else DEFAULT_OUT / run_folder_name(run.run_id)
     npz_path, csv_path = explanation_paths(target_dir, cam.name)
     payload = {
         **arrays,
@@ -312,10 +318,12 @@ def explain_run(
         "std": np.asarray(run.std, dtype=np.float64),
         "format_version": np.asarray(FORMAT_VERSION, dtype=np.int64),
     }
-    _atomic_write(npz_path, lambda fh: np.savez_compressed(fh, **payload))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **payload)
+    batch.add(npz_path, buffer.getvalue())
 
     predictions = _prediction_table(table, arrays["probs"], arrays["targets"])
-    _atomic_write(csv_path, lambda fh: predictions.to_csv(fh, index=False))
+    batch.add(csv_path, csv_bytes(predictions))
     n_agree = int(predictions["agrees_with_run"].sum())
     if n_agree < len(predictions):
         log.warning(
@@ -353,14 +361,25 @@ def explain_runs(
     layers, method, kwargs : as for :func:`explain_run`.
     out_dir : each run's files go to ``out_dir/<run id>`` (see :func:`run_folder_name`).
     outputs_root : the default outputs folder.
+
+    All runs' files are written together at the end, or none (see
+    :mod:`mammography.atomic`); the output folder is locked from the start.
     """
     from mammography.runs import is_cv_root, load_cv_run, load_run, resolve_runs
 
-    outputs: list[ExplainOutput] = []
-    for path in resolve_runs(specs, outputs_root=outputs_root):
-        runs = load_cv_run(path).folds if is_cv_root(path) else [load_run(path)]
-        for run in runs:
-            outputs.append(explain_run(run, layers, method, Path(out_dir) / run_folder_name(run.run_id), **kwargs))
+    kwargs = {"targets": "predicted", "batch_size": 8, "device": "cpu", "autocast": None, "cache_dir": None,
+              "progress": True, **kwargs}
+    _check_targets(kwargs["targets"])
+    check_int(kwargs["batch_size"], "batch size", 1, MAX_BATCH_SIZE)
+    out_dir = Path(out_dir)
+    with OutputLock(folders=[out_dir], command="mammography explain") as lock:
+        runs = []
+        for path in resolve_runs(specs, outputs_root=outputs_root):
+            runs += load_cv_run(path).folds if is_cv_root(path) else [load_run(path)]
+        batch = FileBatch()
+        outputs = [_explain(batch, run, layers, method, out_dir / run_folder_name(run.run_id), **kwargs)
+                   for run in runs]
+        batch.commit(lock.journal(out_dir))
     return outputs
 
 

@@ -489,6 +489,9 @@ def build_explorer(
     -------
     SiteSummary (``.index`` is the page to open).
     """
+    from mammography.limits import MAX_BATCH_SIZE, check_int
+
+    check_int(batch_size, "--batch-size", 1, MAX_BATCH_SIZE)
     layers = resolve_layer_names(layers)
     run_list = load_runs(runs, outputs_root=outputs_root)
     seeds = seed_columns(run_list)

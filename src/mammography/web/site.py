@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ import numpy as np
 from PIL import Image
 
 from mammography import __version__
+from mammography.atomic import OutputLock, describe_os_error, replace_tree, temp_path
 from mammography.errors import ConfigError
 from mammography.io.geometry import Geometry
 
@@ -396,21 +396,12 @@ def _prepare_out_dir(out_dir: Path) -> Path:
                 f"{out_dir} is not empty and was not written by 'mammography explore'; "
                 "choose an empty or new folder for the site"
             )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``tmp`` (renames in the same folder: never a half-written site)."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    tmp = temp_path(out_dir)
+    try:
+        tmp.mkdir(mode=0o755)
+    except OSError as exc:
+        raise describe_os_error(exc, out_dir) from None
+    return tmp
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -555,6 +546,14 @@ def build_site(
     seeds, layers = list(seeds), list(layers)
     _check_inputs(seeds, layers)
     out_dir = Path(os.path.abspath(out_dir))  # "." or "site/.." name a real folder and its parent
+    # locked (and checked writable) before the first image's maps are computed
+    with OutputLock(trees=[out_dir], command="mammography explore") as lock:
+        return _build_site(out_dir, images, seeds, layers, title, subtitle, display_height, thumb_height,
+                           jpeg_quality, n_images, progress, lock.journal(out_dir))
+
+
+def _build_site(out_dir, images, seeds, layers, title, subtitle, display_height, thumb_height, jpeg_quality,
+                n_images, progress, journal) -> SiteSummary:
     tmp = _prepare_out_dir(out_dir)
     try:
         records = _write_images(tmp, images, seeds, layers, display_height, thumb_height, jpeg_quality, n_images, progress)
@@ -590,8 +589,11 @@ def build_site(
         }
         _write_text(tmp / SITE_MARKER, json.dumps(info, indent=2) + "\n")
         info["bytes"] += (tmp / SITE_MARKER).stat().st_size
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a served/shared site must be readable
-        _swap_into_place(tmp, out_dir)
+        os.chmod(tmp, 0o755)  # a served/shared site must be readable whatever the umask
+        replace_tree(tmp, out_dir, journal)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise describe_os_error(exc, out_dir) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
