@@ -22,14 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from _interrupt import COMMIT_CHILD, run_until_paused
 from mammography.atomic import (
     JOURNAL_NAME,
-    PAUSE_ENV,
     TEMP_SUFFIX,
     FileBatch,
     OutputLock,
     remove_stale_temps,
-    replace_tree,
     sha256_file,
     temp_path,
     write_atomic,
@@ -229,51 +228,6 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
 
 
 # --------------------------------------------------------------------------- killed at every step
-
-
-COMMIT_CHILD = """
-import json, sys
-from pathlib import Path
-from mammography.atomic import FileBatch, OutputLock, replace_tree
-spec = json.loads(Path(sys.argv[1]).read_text())
-with OutputLock(folders=spec["folders"], files=spec["files"], trees=spec["trees"]) as lock:
-    if spec["trees"]:
-        replace_tree(spec["tree_tmp"], spec["trees"][0], lock.journal(spec["trees"][0]))
-    else:
-        batch = FileBatch()
-        for dest, src in spec["add"]:
-            batch.add(dest, Path(src).read_bytes())
-        for path, root in spec["remove"]:
-            batch.remove(path, root)
-        batch.commit(lock.journal(spec["folders"][0]))
-print("committed")
-"""
-
-
-def run_until_paused(script: str, args: list[str], step: int, timeout: float = 120) -> bool:
-    """Run ``script`` stopping before commit ``step``; kill it with SIGKILL there.
-
-    Returns False when the commit finished before reaching ``step``.
-    """
-    env = {**os.environ, PAUSE_ENV: str(step)}
-    child = subprocess.Popen([sys.executable, "-c", script, *args], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            line = child.stderr.readline()
-            if line.startswith(f"{PAUSE_ENV}: paused before step {step}"):
-                child.send_signal(signal.SIGKILL)  # kill -9 mid-commit
-                child.wait()
-                return True
-            if not line and child.poll() is not None:
-                assert child.returncode == 0, child.stderr.read()
-                return False
-        raise AssertionError(f"the commit did not reach step {step} in {timeout} s")
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
 
 
 def _pack(root: Path, names: dict[str, bytes]) -> dict:

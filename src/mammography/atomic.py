@@ -32,9 +32,10 @@ Errors of the file system (full disk, read-only, no permission, a path below
 a regular file, a folder where a file should be) become one-line
 :class:`~mammography.errors.OutputError`\\ s that name the path.
 
-For tests, the environment variable ``MAMMOGRAPHY_COMMIT_PAUSE_AT=K`` makes a
-commit print one line to stderr and stop before its step ``K`` (counted from
-0) until the process is killed.
+For tests, the environment variable ``MAMMOGRAPHY_COMMIT_PAUSE_AT`` makes a
+commit print one line to stderr and stop before its step ``K`` (a number,
+counted from 0, or the step's description such as ``move
+report_manifest.json``) until the process is killed.
 """
 
 from __future__ import annotations
@@ -262,7 +263,7 @@ class _Steps:
         self.pause_at = os.environ.get(PAUSE_ENV, "").strip()
 
     def __call__(self, what: str) -> None:
-        if self.pause_at == str(self.done):
+        if self.pause_at in (str(self.done), what):
             sys.stderr.write(f"{PAUSE_ENV}: paused before step {self.done} ({what})\n")
             sys.stderr.flush()
             while True:  # until killed

@@ -42,11 +42,16 @@ def unescape_cell(value):
     return value
 
 
+def _text_columns(table: pd.DataFrame) -> list:
+    """Columns that may hold text (object dtype, or pandas' string dtypes)."""
+    return [c for c in table.columns
+            if pd.api.types.is_object_dtype(table[c].dtype) or pd.api.types.is_string_dtype(table[c].dtype)]
+
+
 def unescape_table(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`unescape_cell` applied to the text columns of ``table`` (in place; returned)."""
-    for column in table.columns:
-        if table[column].dtype == object:
-            table[column] = table[column].map(unescape_cell)
+    for column in _text_columns(table):
+        table[column] = table[column].map(unescape_cell)
     return table
 
 
@@ -56,9 +61,8 @@ def csv_bytes(table: pd.DataFrame, **to_csv) -> bytes:
     ``to_csv`` is passed to :meth:`pandas.DataFrame.to_csv` (e.g. ``float_format``).
     """
     safe = table.copy()
-    for column in safe.columns:
-        if safe[column].dtype == object:
-            safe[column] = safe[column].map(escape_cell)
+    for column in _text_columns(safe):
+        safe[column] = safe[column].map(escape_cell)
     safe.columns = [escape_cell(str(c)) for c in safe.columns]
     options = {"index": False, "lineterminator": "\n", **to_csv}
     return safe.to_csv(**options).encode("utf-8")

@@ -153,12 +153,17 @@ def _require_file(path: Path) -> None:
                          f"a density checkpoint (best_model.pth) is written by `{WRITER_HINT}`")
 
 
+def _unsafe(names: set[str]) -> list[str]:
+    """Referenced globals beyond weights; the model's own classes first, torch's building blocks last."""
+    return sorted(names - _allowed_names(), key=lambda n: (n.startswith("torch."), n))
+
+
 def _refuse_code(path: Path, names: list[str]) -> CheckpointError:
     shown = ", ".join(printable(n) for n in names[:_LIST_LIMIT])
     more = f" and {len(names) - _LIST_LIMIT} more" if len(names) > _LIST_LIMIT else ""
     return CheckpointError(
-        f"{printable(path)} asks to run code when loaded: it references {shown}{more}, which are not weights; "
-        f"refusing to load it. Only plain weights are read: use a state_dict saved with "
+        f"{printable(path)} asks to run code when loaded: it references {shown}{more} (Python code, not "
+        f"weights); refusing to load it. Only plain weights are read: use a state_dict saved with "
         f"torch.save(model.state_dict(), 'best_model.pth') (as `{WRITER_HINT}` writes)"
     )
 
@@ -183,13 +188,16 @@ def _torch_load_weights_only(path: Path) -> object:
     try:
         scan = scan_checkpoint(path, max_pickle_bytes=MAX_PICKLE_BYTES, max_tensor_bytes=MAX_TENSOR_BYTES)
     except ScanError as exc:
+        unsafe = _unsafe(exc.scan.globals) if exc.scan is not None else []
+        if unsafe:  # what it references matters more than where its structure broke
+            raise _refuse_code(path, unsafe) from None
         raise CheckpointError(
             f"{printable(path)} is not a readable PyTorch checkpoint ({printable(exc)}); "
             f"it should be a state_dict saved with torch.save, as `{WRITER_HINT}` writes"
         ) from None
     except OSError as exc:
         raise CheckpointError(f"{printable(path)} cannot be read ({exc.strerror or exc})") from None
-    unsafe = sorted(scan.globals - _allowed_names(), key=lambda n: (n.startswith("torch."), n))
+    unsafe = _unsafe(scan.globals)
     if unsafe:
         raise _refuse_code(path, unsafe)
     # instructions torch's weights-only reader lacks (protocols 1, 3-5) are rewritten first

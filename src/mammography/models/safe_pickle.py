@@ -62,7 +62,14 @@ REWRITTEN_OPCODES = frozenset(
 
 
 class ScanError(Exception):
-    """The checkpoint's structure cannot be read, or claims more than allowed (message: why)."""
+    """The checkpoint's structure cannot be read, or claims more than allowed (message: why).
+
+    ``scan`` holds what was read before the failure (its ``globals`` in particular).
+    """
+
+    def __init__(self, message: str, scan: "CheckpointScan | None" = None):
+        super().__init__(message)
+        self.scan = scan
 
 
 @dataclass
@@ -99,6 +106,9 @@ class _Inert:
 
     def __init__(self, *args, **kwargs):
         self.args = args
+
+    def __call__(self, *args, **kwargs):
+        return _Inert(*args)
 
     def __setstate__(self, state):
         pass
@@ -137,27 +147,55 @@ class _InertUnpickler(pickle.Unpickler):
             size = numel * _ITEMSIZE.get(kind.rsplit(".", 1)[-1], 8)
             key = _text(pid[2])
             self.scan.storage_bytes[key] = max(self.scan.storage_bytes.get(key, 0), size)
-        return _Inert()
+        return _Inert  # a class: the legacy format also persists classes (NEWOBJ needs a type)
 
 
 def _text(value) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
+def _read_opcodes(stream, scan: CheckpointScan) -> None:
+    """Instructions, protocol and referenced globals, from the opcodes alone (nothing is built)."""
+    pushed: list[str | None] = [None, None]  # the last two values pushed (text, else None)
+    memo: dict[int, str | None] = {}
+    for op, arg, _ in pickletools.genops(stream):
+        name = op.name
+        scan.opcodes.add(name)
+        if name == "PROTO":
+            scan.protocol = max(scan.protocol, int(arg))
+            continue
+        if name == "FRAME":
+            continue
+        if name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):  # no stack effect
+            memo[len(memo) if name == "MEMOIZE" else int(arg)] = pushed[-1]
+            continue
+        if name in ("GLOBAL", "INST"):
+            scan.globals.add(str(arg).replace(" ", "."))
+        elif name == "STACK_GLOBAL":
+            module, qualname = pushed
+            scan.globals.add(f"{module}.{qualname}" if module and qualname else "<a computed global>")
+        if name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+                    "SHORT_BINSTRING"):
+            value = _text(arg)
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            value = memo.get(int(arg))
+        else:
+            value = None
+        pushed = [pushed[-1], value]
+
+
 def _scan_pickle(data: bytes | io.BufferedIOBase, scan: CheckpointScan) -> None:
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     start = stream.tell()
     try:
-        for op, arg, _ in pickletools.genops(stream):
-            scan.opcodes.add(op.name)
-            if op.name == "PROTO":
-                scan.protocol = max(scan.protocol, int(arg))
+        _read_opcodes(stream, scan)
         stream.seek(start)
         _InertUnpickler(stream, scan).load()
     except ScanError:
         raise
     except Exception as exc:  # noqa: BLE001 - any malformed pickle; nothing of it ran
-        raise ScanError(f"its object data are corrupt ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+        reason = f"its object data are corrupt ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+        raise ScanError(reason, scan) from None
 
 
 def scan_checkpoint(path, *, max_pickle_bytes: int, max_tensor_bytes: int) -> CheckpointScan:
