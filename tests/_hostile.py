@@ -270,3 +270,106 @@ def rle_dicom_at_cap(path: Path, side: int) -> Path:
     image = np.zeros((side, side), dtype=np.uint16)
     image[: side // 2] = 3000
     return mammogram_dicom(path, image, syntax=RLELossless)
+
+
+# --------------------------------------------------------------------------- files that are not regular, run files
+
+
+NON_REGULAR = ("fifo", "directory", "char device", "NUL byte")
+
+
+def non_regular(path: Path, kind: str) -> Path:
+    """Make ``path`` a FIFO (a reader blocks), a folder, a link to /dev/zero (never ends); or return a
+    path with a NUL byte (no file system accepts it)."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "char device":
+        path.symlink_to("/dev/zero")
+    else:
+        return path.with_name(path.name.replace(".", "\x00.", 1))
+    return path
+
+
+def run_dir(root: Path, summary: dict | None = None) -> Path:
+    """A hand-made run directory ``root/results_4`` (its checkpoint is not a checkpoint: load_run does not read it)."""
+    import json
+
+    run = root / "results_4"
+    (run / "metrics").mkdir(parents=True, exist_ok=True)
+    (run / "best_model.pth").write_bytes(b"not loaded by load_run")
+    (run / "summary.json").write_text(json.dumps(summary or {"seed": 42, "img_size": 64}))
+    (run / "metrics" / "val_metrics.json").write_text(json.dumps({"acc": 0.5}))
+    (run / "val_predictions.csv").write_text(
+        "image_path,y_true,y_pred,p_A,p_B,p_C,p_D\n/data/a.dcm,1,1,0.7,0.1,0.1,0.1\n")
+    return run
+
+
+#: summary.json values no run has, and the word the refusal must contain
+ABSURD_SUMMARIES = {
+    "img_size 60000": ({"seed": 42, "img_size": 60000}, "img_size"),
+    "mean NaN": ({"seed": 42, "img_size": 64, "mean": [float("nan")] * 3}, "mean"),
+    "std 0": ({"seed": 42, "img_size": 64, "std": [0.2, 0.0, 0.2]}, "std"),
+    "std negative": ({"seed": 42, "img_size": 64, "std": [-1]}, "std"),
+    "mean absurd": ({"seed": 42, "img_size": 64, "mean": [1e300] * 3}, "mean"),
+    "img_size inf": ({"seed": 42, "img_size": float("inf")}, "img_size"),
+}
+HOSTILE_SUMMARY_KINDS = ("deep nesting", "huge", "fifo", "directory", "char device")
+HOSTILE_PREDICTION_KINDS = ("nested probs", "long probs", "fifo", "huge")
+
+
+def hostile_summary(run: Path, kind: str) -> None:
+    summary = run / "summary.json"
+    summary.unlink()
+    if kind == "deep nesting":
+        summary.write_text("[" * 200_000 + "]" * 200_000)
+    elif kind == "huge":
+        with open(summary, "wb") as fh:
+            fh.truncate(100 << 20)  # sparse: costs no disk, would cost memory to read
+    else:
+        non_regular(summary, kind)
+
+
+def hostile_predictions(run: Path, kind: str) -> None:
+    csv = run / "val_predictions.csv"
+    csv.unlink()
+    if kind == "nested probs":
+        csv.write_text('path,y_true,y_pred,probs\n/a.dcm,0,0,"' + "[" * 100_000 + "]" * 100_000 + '"\n')
+    elif kind == "long probs":
+        csv.write_text('path,y_true,y_pred,probs\n/a.dcm,0,0,"[' + "0.1, " * 200_000 + '0.1]"\n')
+    elif kind == "huge":
+        with open(csv, "wb") as fh:
+            fh.truncate(2 << 30)
+    else:
+        non_regular(csv, kind)
+
+
+#: command lines with absurd parameters, and the word the one-line error must contain
+ABSURD_PARAMETERS = [
+    (["train-density", "--csv", "m.csv", "--img-size", "60000"], "--img-size"),
+    (["train-density", "--csv", "m.csv", "--batch-size", "0"], "--batch-size"),
+    (["train-density", "--csv", "m.csv", "--lr", "nan"], "--lr"),
+    (["train-density", "--csv", "m.csv", "--weight-decay", "nan"], "--weight-decay"),
+    (["report-pack", "--run", "r", "--alpha", "nan"], "--alpha"),
+    (["report-pack", "--run", "r", "--per-class", "100000"], "--per-class"),
+    (["report-pack", "--run", "r", "--batch-size", "1000000000"], "--batch-size"),
+    (["analyze", "--run", "r", "--analysis-size", "100000"], "--analysis-size"),
+    (["analyze", "--run", "r", "--outside-threshold", "nan"], "outside_breast"),
+    (["explain", "--run", "r", "--batch-size", "0"], "batch size"),
+    (["explore", "--out", "site", "--serve", "--port", "70000"], "--port"),
+]
+
+
+def unwritable_output_argv(command: str, run: Path, blocker: Path, folder: Path) -> list[str]:
+    """A command line whose output lies below the regular file ``blocker`` (or, for --markdown, is ``folder``)."""
+    return {
+        "report-pack": ["report-pack", "--run", str(run), "--assets-dir", str(blocker / "assets")],
+        "report-pack --markdown": ["report-pack", "--run", str(run), "--markdown", str(folder)],
+        "analyze": ["analyze", "--run", str(run), "--out", str(blocker / "analysis")],
+        "explain": ["explain", "--run", str(run), "--out", str(blocker / "cams")],
+        "explore": ["explore", "--run", str(run), "--out", str(blocker / "site")],
+    }[command] + ["--device", "cpu", "--no-progress"]
+
+
+UNWRITABLE_COMMANDS = ("report-pack", "analyze", "explain", "explore", "report-pack --markdown")

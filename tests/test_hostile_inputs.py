@@ -8,7 +8,6 @@ payloads create a marker file if they do.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -135,17 +134,9 @@ def test_key_names_are_printed_with_control_characters_escaped(tmp_path):
     assert "\x1b" not in text and "\\x1b[31mevil\\nkey" in text
 
 
-@pytest.mark.parametrize("kind", ["fifo", "directory", "char device", "NUL byte"])
+@pytest.mark.parametrize("kind", hostile.NON_REGULAR)
 def test_checkpoint_that_is_not_a_regular_file_is_refused_without_reading(tmp_path, kind):
-    path = tmp_path / "best_model.pth"
-    if kind == "fifo":
-        os.mkfifo(path)  # opening it for reading would block forever
-    elif kind == "directory":
-        path.mkdir()
-    elif kind == "char device":
-        path.symlink_to("/dev/zero")  # never ends
-    else:
-        path = tmp_path / "best\x00model.pth"
+    path = hostile.non_regular(tmp_path / "best_model.pth", kind)
     refused(lambda: load_checkpoint_state(path), CheckpointError)
 
 
@@ -207,19 +198,11 @@ def test_dicom_sizes_are_checked_against_the_header_before_decoding(tmp_path):
     refused(lambda: read_mammogram(wide), ImageReadError, "BitsAllocated")
 
 
-@pytest.mark.parametrize("kind", ["fifo", "directory", "char device", "NUL byte"])
+@pytest.mark.parametrize("kind", hostile.NON_REGULAR)
 def test_image_that_is_not_a_regular_file_is_refused_before_hashing(tmp_path, kind):
     from mammography.data.dataset import MammogramDataset
 
-    path = tmp_path / "image.dcm"
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "directory":
-        path.mkdir()
-    elif kind == "char device":
-        path.symlink_to("/dev/zero")
-    else:
-        path = tmp_path / "ima\x00ge.dcm"
+    path = hostile.non_regular(tmp_path / "image.dcm", kind)
     refused(lambda: read_mammogram(path), ImageReadError)
     dataset = MammogramDataset([path], img_size=64, cache_dir=tmp_path / "cache")  # the cache hashes first
     refused(lambda: dataset[0], ImageReadError)
@@ -228,72 +211,28 @@ def test_image_that_is_not_a_regular_file_is_refused_before_hashing(tmp_path, ki
 # --------------------------------------------------------------------------- run files
 
 
-def _run_dir(root: Path, summary: dict | None = None, predictions: str | None = None) -> Path:
-    run = root / "results_4"
-    (run / "metrics").mkdir(parents=True, exist_ok=True)
-    (run / "best_model.pth").write_bytes(b"not loaded by load_run")
-    (run / "summary.json").write_text(json.dumps(summary or {"seed": 42, "img_size": 64}))
-    (run / "metrics" / "val_metrics.json").write_text(json.dumps({"acc": 0.5}))
-    (run / "val_predictions.csv").write_text(predictions or (
-        "image_path,y_true,y_pred,p_A,p_B,p_C,p_D\n/data/a.dcm,1,1,0.7,0.1,0.1,0.1\n"))
-    return run
-
-
 def test_valid_hand_made_run_loads(tmp_path):
-    assert load_run(_run_dir(tmp_path)).img_size == 64
+    assert load_run(hostile.run_dir(tmp_path)).img_size == 64
 
 
-@pytest.mark.parametrize(
-    "summary, phrase",
-    [
-        ({"seed": 42, "img_size": 60000}, "img_size"),
-        ({"seed": 42, "img_size": 64, "mean": [float("nan")] * 3}, "mean"),
-        ({"seed": 42, "img_size": 64, "std": [0.2, 0.0, 0.2]}, "std"),
-        ({"seed": 42, "img_size": 64, "std": [-1]}, "std"),
-        ({"seed": 42, "img_size": 64, "mean": [1e300] * 3}, "mean"),
-        ({"seed": 42, "img_size": float("inf")}, "img_size"),
-    ],
-    ids=["img_size 60000", "mean NaN", "std 0", "std negative", "mean absurd", "img_size inf"],
-)
-def test_absurd_summary_values_are_refused(tmp_path, summary, phrase):
-    run = _run_dir(tmp_path)
-    (run / "summary.json").write_text(json.dumps(summary))  # Python writes NaN and Infinity literals
+@pytest.mark.parametrize("name", hostile.ABSURD_SUMMARIES)
+def test_absurd_summary_values_are_refused(tmp_path, name):
+    summary, phrase = hostile.ABSURD_SUMMARIES[name]
+    run = hostile.run_dir(tmp_path, summary)  # Python writes NaN and Infinity literals
     refused(lambda: load_run(run), RunError, phrase)
 
 
-@pytest.mark.parametrize("kind", ["deep nesting", "huge", "fifo", "directory", "char device"])
+@pytest.mark.parametrize("kind", hostile.HOSTILE_SUMMARY_KINDS)
 def test_hostile_summary_json_is_one_line(tmp_path, kind):
-    run = _run_dir(tmp_path)
-    summary = run / "summary.json"
-    summary.unlink()
-    if kind == "deep nesting":
-        summary.write_text("[" * 200_000 + "]" * 200_000)
-    elif kind == "huge":
-        with open(summary, "wb") as fh:
-            fh.truncate(100 << 20)  # sparse: costs no disk, would cost memory to read
-    elif kind == "fifo":
-        os.mkfifo(summary)
-    elif kind == "directory":
-        summary.mkdir()
-    else:
-        summary.symlink_to("/dev/zero")
+    run = hostile.run_dir(tmp_path)
+    hostile.hostile_summary(run, kind)
     refused(lambda: load_run(run), RunError, "summary.json")
 
 
-@pytest.mark.parametrize("kind", ["nested probs", "long probs", "fifo", "huge"])
+@pytest.mark.parametrize("kind", hostile.HOSTILE_PREDICTION_KINDS)
 def test_hostile_predictions_are_one_line(tmp_path, kind):
-    run = _run_dir(tmp_path)
-    csv = run / "val_predictions.csv"
-    csv.unlink()
-    if kind == "nested probs":
-        csv.write_text('path,y_true,y_pred,probs\n/a.dcm,0,0,"' + "[" * 100_000 + "]" * 100_000 + '"\n')
-    elif kind == "long probs":
-        csv.write_text('path,y_true,y_pred,probs\n/a.dcm,0,0,"[' + "0.1, " * 200_000 + '0.1]"\n')
-    elif kind == "fifo":
-        os.mkfifo(csv)
-    else:
-        with open(csv, "wb") as fh:
-            fh.truncate(2 << 30)
+    run = hostile.run_dir(tmp_path)
+    hostile.hostile_predictions(run, kind)
     refused(lambda: load_run(run), RunError, "val_predictions.csv")
 
 
@@ -315,22 +254,7 @@ def test_hostile_manifests_are_one_line(tmp_path):
 # --------------------------------------------------------------------------- command-line parameters
 
 
-@pytest.mark.parametrize(
-    "argv, phrase",
-    [
-        (["train-density", "--csv", "m.csv", "--img-size", "60000"], "--img-size"),
-        (["train-density", "--csv", "m.csv", "--batch-size", "0"], "--batch-size"),
-        (["train-density", "--csv", "m.csv", "--lr", "nan"], "--lr"),
-        (["train-density", "--csv", "m.csv", "--weight-decay", "nan"], "--weight-decay"),
-        (["report-pack", "--run", "r", "--alpha", "nan"], "--alpha"),
-        (["report-pack", "--run", "r", "--per-class", "100000"], "--per-class"),
-        (["report-pack", "--run", "r", "--batch-size", "1000000000"], "--batch-size"),
-        (["analyze", "--run", "r", "--analysis-size", "100000"], "--analysis-size"),
-        (["analyze", "--run", "r", "--outside-threshold", "nan"], "outside_breast"),
-        (["explain", "--run", "r", "--batch-size", "0"], "batch size"),
-        (["explore", "--out", "site", "--serve", "--port", "70000"], "--port"),
-    ],
-)
+@pytest.mark.parametrize("argv, phrase", hostile.ABSURD_PARAMETERS)
 def test_absurd_parameters_are_one_line_exit_2(tmp_path, monkeypatch, capsys, argv, phrase):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
@@ -341,22 +265,15 @@ def test_absurd_parameters_are_one_line_exit_2(tmp_path, monkeypatch, capsys, ar
 # --------------------------------------------------------------------------- outputs, checked before any work
 
 
-@pytest.mark.parametrize("command", ["report-pack", "analyze", "explain", "explore", "report-pack --markdown"])
+@pytest.mark.parametrize("command", hostile.UNWRITABLE_COMMANDS)
 def test_unwritable_output_is_reported_before_the_model_is_loaded(tmp_path, monkeypatch, capsys, command):
     """The run's checkpoint is garbage: an output error (not a checkpoint error) proves the order."""
     monkeypatch.chdir(tmp_path)
-    run = _run_dir(tmp_path)
+    run = hostile.run_dir(tmp_path)
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a folder is needed")
     (tmp_path / "md_is_a_folder").mkdir()
-    argv = {
-        "report-pack": ["report-pack", "--run", str(run), "--assets-dir", str(blocker / "assets")],
-        "report-pack --markdown": ["report-pack", "--run", str(run), "--markdown", "md_is_a_folder"],
-        "analyze": ["analyze", "--run", str(run), "--out", str(blocker / "analysis")],
-        "explain": ["explain", "--run", str(run), "--out", str(blocker / "cams")],
-        "explore": ["explore", "--run", str(run), "--out", str(blocker / "site")],
-    }[command]
-    assert main(argv + ["--device", "cpu", "--no-progress"]) == 2
+    assert main(hostile.unwritable_output_argv(command, run, blocker, tmp_path / "md_is_a_folder")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and ("is a file, not a folder" in err or "is a folder, not a file" in err), err
     assert "checkpoint" not in err
@@ -434,7 +351,7 @@ def test_spreadsheet_formulas_are_never_written_live_and_read_back_exactly(tmp_p
     for line in text.splitlines()[1:]:
         assert line.lstrip('"')[:1] not in "=+-@\t", line
     assert ",-0.5" in text  # numbers stay numbers
-    run = _run_dir(tmp_path)
+    run = hostile.run_dir(tmp_path)
     predictions = pd.DataFrame({"image_path": ["/data/a.dcm"] * 7, "patient_id": hostile_ids,
                                 "y_true": [1] * 7, "y_pred": [1] * 7, "p_A": [0.7] * 7, "p_B": [0.1] * 7,
                                 "p_C": [0.1] * 7, "p_D": [0.1] * 7})
@@ -451,7 +368,7 @@ def test_cli_prints_control_characters_of_file_names_escaped(tmp_path, monkeypat
 
 
 def test_errors_from_a_real_process_have_no_traceback(tmp_path):
-    run = _run_dir(tmp_path)
+    run = hostile.run_dir(tmp_path)
     (run / "best_model.pth").write_bytes(hostile.code_checkpoints(tmp_path / "c", tmp_path / "PWNED")
                                          ["os.system-p2-zip.pth"].read_bytes())
     out = subprocess.run([sys.executable, "-m", "mammography", "explain", "--run", str(run), "--out",

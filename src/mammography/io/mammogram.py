@@ -37,8 +37,8 @@ MIN_SIDE = 16
 MAX_SIDE = 20_000
 #: Largest accepted pixel count, checked from the header before decoding: 50
 #: megapixels. The largest detectors have 4096 x 5120 (21 MP) and film scanned
-#: at 42 um about 5700 x 7100 (40 MP); reading an image at the cap peaks near
-#: 1 GB (bench/bench_io.py), so a crafted header cannot claim more.
+#: at 42 um about 5700 x 7100 (40 MP); reading an RLE image at the cap peaks
+#: near 0.9 GB (bench/bench_hostile_inputs.py), so a crafted header cannot claim more.
 MAX_PIXELS = 50_000_000
 #: Robust percentiles (low, high) used when a file carries no display window.
 PERCENTILES = (0.5, 99.5)
