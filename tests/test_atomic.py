@@ -144,6 +144,46 @@ def test_full_disk_is_one_line_and_changes_nothing(tmp_path):
     assert _files(tmp_path / "out") == {"a.txt": hashlib.sha256(b"previous").hexdigest()}
 
 
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 64 kB file system (tmpfs) mounted at tmp_path / 'fs'; skipped where mounting is not allowed."""
+    mounted = []
+
+    def mount(*options: str) -> Path:
+        point = tmp_path / f"fs{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(("size=64k", *options)), "tmpfs", str(point)],
+                              capture_output=True)
+        if done.returncode != 0:
+            pytest.skip("mounting a small tmpfs needs root with CAP_SYS_ADMIN")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], capture_output=True)
+
+
+def test_really_full_disk_and_read_only_file_system_are_one_line(small_filesystem):
+    disk = small_filesystem()
+    (disk / "assets").mkdir()
+    (disk / "assets" / "a.txt").write_text("previous")
+    batch = FileBatch()
+    batch.add(disk / "assets" / "a.txt", "new")
+    batch.add(disk / "assets" / "big.bin", b"x" * 200_000)
+    with pytest.raises(OutputError) as info:
+        with OutputLock(folders=[disk / "assets"]) as lock:
+            batch.commit(lock.journal(disk / "assets"))
+    assert "the disk is full" in str(info.value) and "\n" not in str(info.value)
+    assert _files(disk / "assets") == {"a.txt": hashlib.sha256(b"previous").hexdigest()}
+
+    read_only = small_filesystem("ro")
+    with pytest.raises(OutputError) as info:
+        with OutputLock(folders=[read_only / "assets"]):
+            pass
+    assert "read-only" in str(info.value) and "\n" not in str(info.value)
+
+
 # --------------------------------------------------------------------------- locks
 
 

@@ -377,3 +377,27 @@ def test_errors_from_a_real_process_have_no_traceback(tmp_path):
     assert out.stderr.strip().count("\n") == 0 and "asks to run code" in out.stderr
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "cams").exists()
     assert math.isfinite(0.0)
+
+
+@pytest.mark.parametrize("kind", hostile.NON_REGULAR)
+def test_mask_file_that_is_not_a_regular_file_is_one_line(tmp_path, kind):
+    from mammography.io.mask import read_mask_file
+
+    path = hostile.non_regular(tmp_path / "roi.png", kind)
+    refused(lambda: read_mask_file(path, "ROI mask"), ImageReadError, "ROI mask")
+
+
+def test_mask_file_of_implausible_size_is_refused_from_its_header(tmp_path):
+    from PIL import Image
+
+    from mammography.io.mask import read_mask_file
+
+    Image.new("1", (9000, 9000)).save(tmp_path / "huge.png")  # a few kB on disk, 81 MP
+    refused(lambda: read_mask_file(tmp_path / "huge.png"), ImageReadError, "implausible image size")
+
+
+def test_nul_byte_in_a_predictions_path_is_one_line(tmp_path):
+    run = hostile.run_dir(tmp_path)
+    (run / "val_predictions.csv").write_text(
+        "image_path,y_true,y_pred,p_A,p_B,p_C,p_D\n/data/a\x00.dcm,1,1,0.7,0.1,0.1,0.1\n")
+    refused(lambda: load_run(run), RunError, "NUL")

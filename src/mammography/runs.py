@@ -432,6 +432,8 @@ def _absolute_path(value, run_dir: Path, cwd: Path):
     """Relative -> cwd when the file exists there, else the run directory."""
     if not isinstance(value, str) or not value.strip():
         return None
+    if "\x00" in value:  # no file name holds one; os calls would raise ValueError
+        raise RunError(f"{run_dir / 'val_predictions.csv'}: a path contains a NUL byte ({printable(value)})")
     path = Path(value.strip()).expanduser()
     if path.is_absolute():
         return str(path)

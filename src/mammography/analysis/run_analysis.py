@@ -51,7 +51,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from scipy import ndimage
 
 from mammography.analysis.consistency import (
@@ -90,8 +89,9 @@ from mammography.analysis.spurious import (
 )
 from mammography.atomic import write_atomic
 from mammography.csvfiles import csv_bytes
-from mammography.errors import ConfigError, ImageReadError, RunError
+from mammography.errors import ConfigError, RunError
 from mammography.io.geometry import Geometry
+from mammography.io.mask import read_mask_file
 
 __all__ = [
     "ANALYSIS_SIZE",
@@ -452,18 +452,6 @@ def _ragged(parts: list[np.ndarray]) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _read_mask(path: str | Path, what: str) -> np.ndarray:
-    p = Path(path)
-    try:
-        with Image.open(p) as im:
-            arr = np.asarray(im.convert("L"))
-    except FileNotFoundError:
-        raise ImageReadError(f"{what} {p} does not exist; fix the path in the manifest or leave the column empty") from None
-    except OSError as exc:
-        raise ImageReadError(f"cannot read the {what} {p}: {exc}; save it as an 8-bit PNG") from None
-    return arr > 0
-
-
 def _mask_on_grid(mask: np.ndarray, original_shape: tuple[int, int], grid: tuple[int, int], path, what: str) -> np.ndarray:
     """Resample a mask stored at original resolution onto the grid (aspect checked)."""
     h, w = mask.shape
@@ -582,7 +570,7 @@ def image_regions(
     display = np.clip(frame.to_original(square), 0.0, 1.0)
     image = np.clip(map_to_grid(square, geometry, grid), 0.0, 1.0) if with_image else None
     if not _is_missing(breast_mask_path):
-        breast_full = _read_mask(breast_mask_path, "breast mask")
+        breast_full = read_mask_file(breast_mask_path, "breast mask")
         breast = _mask_on_grid(breast_full, geometry.original_shape, grid, breast_mask_path, "breast mask")
         breast_model = _mask_on_grid(breast_full, geometry.original_shape, display.shape, breast_mask_path, "breast mask")
     else:
@@ -793,7 +781,7 @@ def analyze_maps(
         roi_file = Path(roi_path) if not _is_missing(roi_path) else _find_roi(paths[i], options.roi_dir)
         roi = None
         if roi_file is not None:
-            roi = _mask_on_grid(_read_mask(roi_file, "ROI mask"), geom.original_shape, grid, roi_file, "ROI mask")
+            roi = _mask_on_grid(read_mask_file(roi_file, "ROI mask"), geom.original_shape, grid, roi_file, "ROI mask")
             roi_count += 1
             loc = localisation_metrics(heat, roi, options.attention_threshold)
             rec.update(loc.to_dict())

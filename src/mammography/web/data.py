@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mammography.errors import ConfigError, ImageReadError
+from mammography.errors import ConfigError
 from mammography.web.site import SeedResult, SiteImage, SiteLayer, SiteSeed, SiteSummary, build_site
 
 __all__ = [
@@ -203,16 +203,9 @@ def _read_mask(path) -> np.ndarray | None:
     """A mask image (PNG/TIFF, nonzero = in) as bool, or None when the cell is empty."""
     if path is None or (isinstance(path, float) and np.isnan(path)) or str(path).strip() == "":
         return None
-    from PIL import Image
+    from mammography.io.mask import read_mask_file
 
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    except (OSError, ValueError) as exc:
-        raise ImageReadError(f"cannot read the mask {path} ({exc}); fix or remove it from the manifest") from exc
-    if arr.ndim == 3:
-        arr = arr[..., 0]
-    return arr > 0
+    return read_mask_file(path, "mask")
 
 
 # ---------------------------------------------------------------------------
