@@ -417,7 +417,8 @@ def remove_stale_temps(folder: str | Path, *, recursive: bool = True, prefix: st
                 except OSError as exc:
                     log.warning("cannot remove the stale temporary %s (%s)", entry.path, exc.strerror)
                 continue
-            if recursive and entry.is_dir(follow_symlinks=False):
+            # outputs never live in hidden folders: do not walk a .git or .venv that shares the folder
+            if recursive and not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
                 stack.append(Path(entry.path))
     if removed:
         log.info("removed %d temporary file(s) of interrupted runs under %s", removed, folder)

@@ -806,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from mammography.atomic import describe_os_error
 
-        return _fail(args.command, str(describe_os_error(exc, exc.filename or "an output", "write")))
+        return _fail(args.command, str(describe_os_error(exc, exc.filename or "a file", "use")))
     except MemoryError:
         return _fail(args.command, "ran out of memory; use a smaller --batch-size (or --img-size), or a machine "
                                    "with more memory")

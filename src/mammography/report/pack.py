@@ -63,8 +63,8 @@ import numpy as np
 import torch
 
 from mammography import __version__
-from mammography.atomic import FileBatch, OutputLock
 from mammography.analysis.selection import ClassSelection, describe_strategy, select_per_class
+from mammography.atomic import FileBatch, OutputLock
 from mammography.errors import ConfigError, RunError
 from mammography.limits import MAX_BATCH_SIZE, check_int
 from mammography.report.content import CVEntry, FigureRef, ReportContent, SeedEntry
