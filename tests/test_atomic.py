@@ -347,3 +347,24 @@ def test_tree_replacement_killed_at_every_step(tmp_path):
 
 def test_resource_module_available():
     assert resource.RLIMIT_FSIZE  # the disk-full test relies on it (Linux)
+
+
+def test_damaged_or_foreign_journal_is_dropped_without_touching_files(tmp_path, caplog):
+    out = tmp_path / "assets"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not yours")
+    journals = [
+        "{not json",
+        json.dumps({"format": 1, "kind": "files", "files": [{"path": "x"}]}),
+        # renames only move this module's temporaries; removals stay inside their folder
+        json.dumps({"format": 1, "kind": "files", "files": [{"path": str(out / "keep.txt"), "temp": str(outside)}],
+                    "remove": [{"path": str(outside), "root": str(out)}]}),
+    ]
+    for text in journals:
+        (out / JOURNAL_NAME).write_text(text)
+        with OutputLock(folders=[out]):
+            pass
+        assert not (out / JOURNAL_NAME).exists()
+        assert (out / "keep.txt").read_text() == "mine" and outside.read_text() == "not yours"

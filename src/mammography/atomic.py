@@ -381,10 +381,14 @@ def recover(journal: str | Path) -> bool:
     record = _read_journal(journal)
     if record is None:
         return True
-    if record.get("kind") == "tree":
-        _recover_tree(journal, record)
-    else:
-        _recover_files(journal, record)
+    try:
+        if record.get("kind") == "tree":
+            _recover_tree(journal, record)
+        else:
+            _recover_files(journal, record)
+    except (KeyError, TypeError, AttributeError) as exc:  # not what a commit writes: ours or not, useless
+        log.warning("%s: malformed commit journal (%s: %s); removed", journal, type(exc).__name__, exc)
+        journal.unlink(missing_ok=True)
     return True
 
 
