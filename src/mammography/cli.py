@@ -9,6 +9,7 @@ exit status 2, no traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -494,9 +495,9 @@ def _add_analyze(sub):
 
 def _run_analyze(args) -> int:
     from mammography.analysis.consistency import ConsistencyThresholds
-    from mammography.atomic import OutputLock
     from mammography.analysis.run_analysis import AnalysisOptions, analyze_runs
     from mammography.analysis.spurious import SpuriousThresholds
+    from mammography.atomic import OutputLock
     from mammography.data.dataset import default_cache_dir
     from mammography.report.analysis_tables import write_analysis_report
 
@@ -821,13 +822,9 @@ def _fail(command: str, message: str) -> int:
     return EXIT_USER_ERROR
 
 
-def _environment_errnos() -> frozenset:
-    import errno
-
-    return frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO})
-
-
-_ENVIRONMENT_ERRNOS = _environment_errnos()
+#: OS errors that say something about the machine (disk, permissions), not about the code
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+                                 errno.EIO})
 
 
 def _path(value: str) -> Path:
