@@ -403,6 +403,8 @@ def test_pack_killed_at_every_commit_step_is_the_old_or_the_new_pack(trained, tm
         assert _pack_matches_manifest(x), step
         outcomes.append("new" if state == new_state else "old")
     n_files = len(order)
+    print(f"report-pack commit of {n_files} files and {len(stale)} stale removals killed before each of "
+          f"{len(outcomes)} steps: {outcomes.count('old')} old pack, {outcomes.count('new')} new pack, 0 mixed")
     assert len(outcomes) == 2 * n_files + len(stale) + 2  # temps, journal, renames, removals, journal removal
     assert outcomes == ["old"] * (n_files + 1) + ["new"] * (n_files + len(stale) + 1)
 
