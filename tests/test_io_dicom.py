@@ -372,7 +372,7 @@ def assert_refused(path: Path, *phrases: str) -> str:
 
 
 def test_missing_file(tmp_path):
-    assert_refused(tmp_path / "absent.dcm", "not found")
+    assert_refused(tmp_path / "absent.dcm", "does not exist")
 
 
 def test_not_a_dicom(tmp_path):

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -340,3 +341,137 @@ def test_bad_parameters_fail_before_loading(tmp_path):
         report_pack(["x"], options=ReportOptions(method="nope"))
     with pytest.raises(RunError, match="not found"):
         report_pack([tmp_path / "nothing"], options=ReportOptions(device="cpu"))
+
+
+# --------------------------------------------------------------------------- all old or all new
+
+
+def _article_state(article: Path) -> dict:
+    """Relative path -> SHA-256 of every file of an article folder (lock files aside)."""
+    return {p.relative_to(article).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(article.rglob("*")) if p.is_file() and not p.name.endswith(".mmlock")}
+
+
+def _pack_matches_manifest(article: Path) -> bool:
+    """Every output the manifest lists has its hash, and no other figure or data file is in the assets."""
+    assets = article / "assets"
+    manifest = json.loads((assets / MANIFEST_NAME).read_text())
+    listed = {(assets / e["path"]).resolve(): e["sha256"] for e in manifest["assets"]}
+    for path, digest in listed.items():
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            return False
+    present = {p.resolve() for p in assets.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    return present - {(assets / MANIFEST_NAME).resolve()} == {p for p in listed if assets.resolve() in p.parents}
+
+
+def test_pack_killed_at_every_commit_step_is_the_old_or_the_new_pack(trained, tmp_path):
+    """Pack A, then pack B (fewer overlays: stale files to remove) committed by a child process that is
+    killed with SIGKILL before each step in turn; the next writer's lock repairs the folder."""
+    import dataclasses
+
+    from _interrupt import COMMIT_CHILD, run_until_paused
+    from mammography.atomic import OutputLock
+
+    _, run_dir, cache = trained
+    x, y = tmp_path / "x" / "Article", tmp_path / "y" / "Article"
+    report_pack([run_dir], options=_options(x, cache, analysis=False))
+    shutil.copytree(x.parent, tmp_path / "pristine")
+    shutil.copytree(x.parent, y.parent)
+    report_pack([run_dir], options=dataclasses.replace(_options(y, cache, analysis=False), per_class=1,
+                                                       select="errors"))
+    old_state, new_state = _article_state(x), _article_state(y)
+    assert old_state != new_state and _pack_matches_manifest(x) and _pack_matches_manifest(y)
+
+    # pack B's batch as report_pack stages it: outputs in manifest order, the manifest last
+    new_manifest = json.loads((y / "assets" / MANIFEST_NAME).read_text())
+    order = [e["path"] for e in new_manifest["assets"]] + [MANIFEST_NAME]
+    kept = {(x / "assets" / p).resolve() for p in order}
+    old_manifest = json.loads((x / "assets" / MANIFEST_NAME).read_text())
+    stale = [str((x / "assets" / e["path"]).resolve()) for e in old_manifest["assets"]
+             if e["kind"] not in ("latex", "markdown") and (x / "assets" / e["path"]).resolve() not in kept]
+    assert stale  # the new pack drops overlays: stale files are part of the commit
+    spec = {"folders": [str(x / "assets")], "trees": [],
+            "files": [str(x / "sections" / "density_model.tex"), str(x / "02-density.md")],
+            "add": [[str((x / "assets" / p).resolve()), str((y / "assets" / p).resolve())] for p in order],
+            "remove": [[p, str(x / "assets")] for p in stale]}
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+
+    outcomes = []
+    for step in range(200):
+        shutil.rmtree(x.parent)
+        shutil.copytree(tmp_path / "pristine", x.parent)
+        if not run_until_paused(COMMIT_CHILD, [str(spec_path)], step):
+            break
+        with OutputLock(folders=[x / "assets"], files=spec["files"]):  # what the next report-pack does first
+            pass
+        state = _article_state(x)
+        assert state in (old_state, new_state), step
+        assert _pack_matches_manifest(x), step
+        outcomes.append("new" if state == new_state else "old")
+    n_files = len(order)
+    print(f"report-pack commit of {n_files} files and {len(stale)} stale removals killed before each of "
+          f"{len(outcomes)} steps: {outcomes.count('old')} old pack, {outcomes.count('new')} new pack, 0 mixed")
+    assert len(outcomes) == 2 * n_files + len(stale) + 2  # temps, journal, renames, removals, journal removal
+    assert outcomes == ["old"] * (n_files + 1) + ["new"] * (n_files + len(stale) + 1)
+
+
+def _cli_argv(run_dir, article: Path, cache, *extra) -> list[str]:
+    return [sys.executable, "-m", "mammography", "report-pack", "--run", str(run_dir),
+            "--assets-dir", str(article / "assets"), "--tex", str(article / "sections" / "density_model.tex"),
+            "--markdown", str(article / "02-density.md"), "--per-class", "1", "--no-analysis",
+            "--device", "cpu", "--cache-dir", str(cache), "--no-progress", *extra]
+
+
+def test_second_writer_fails_and_the_next_run_repairs_a_killed_pack(packed, tmp_path):
+    from _interrupt import kill_9, start_paused
+
+    packed_article, _, _, run_dir, cache = packed
+    article = tmp_path / "Article"
+    shutil.copytree(packed_article, article)  # a complete earlier pack (with the attention analysis)
+    # a new pack stops just before its manifest goes in: figures new, stale files gone, manifest old
+    writer = start_paused(_cli_argv(run_dir, article, cache, "--select", "errors", "--colormap", "turbo"),
+                          f"move {MANIFEST_NAME}")
+    try:
+        other = subprocess.run(_cli_argv(run_dir, article, cache), capture_output=True, text=True, timeout=600)
+        assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+        assert f"being written by another mammography process (pid {writer.pid}" in other.stderr
+    finally:
+        kill_9(writer)
+    assert not _pack_matches_manifest(article)  # killed mid-commit: the mix the journal exists for
+    missing_run = _cli_argv(tmp_path / "no_such_run", article, cache)
+    repair = subprocess.run(missing_run, capture_output=True, text=True, timeout=600)
+    assert repair.returncode == 2 and "no_such_run" in repair.stderr
+    assert _pack_matches_manifest(article)
+    manifest = json.loads((article / "assets" / MANIFEST_NAME).read_text())
+    assert manifest["parameters"]["colormap"] == "turbo"  # completed: the new pack
+    assert not [p for p in article.rglob("*") if p.name.endswith((".mmtmp", ".mmjournal", ".mmlock"))]
+
+
+def test_full_disk_during_the_commit_is_one_line_and_changes_nothing(packed, tmp_path):
+    import resource
+    import signal
+
+    packed_article, _, _, run_dir, cache = packed
+    article = tmp_path / "Article"
+    shutil.copytree(packed_article, article)  # a complete earlier pack
+    before = _article_state(article)
+
+    def small_disk():  # writes past 40 kB fail with EFBIG, as writes to a full disk fail with ENOSPC
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    full = subprocess.run(_cli_argv(run_dir, article, cache, "--colormap", "turbo"), capture_output=True,
+                          text=True, timeout=600, preexec_fn=small_disk)
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    errors = [line for line in full.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "too large" in errors[0]
+    assert _article_state(article) == before  # the previous pack, whole; no temporary file left
+
+
+def test_shipped_json_names_no_local_cache_folder(packed):
+    article, _, _, _, cache = packed
+    texts = [p.read_text() for p in (article / "assets").rglob("*.json")]
+    assert any("attention" in p.as_posix() for p in (article / "assets").rglob("*.json"))
+    for text in texts:
+        assert str(cache) not in text

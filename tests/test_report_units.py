@@ -1,10 +1,9 @@
-"""report building blocks on plain arrays: overlays, figure grid, selection, tables, LaTeX, Markdown, files.
+"""report building blocks on plain arrays: overlays, figure grid, selection, tables, LaTeX, Markdown.
 
 No model here (see test_report_pack.py for the whole command on a trained run).
 """
 
 import io
-import os
 import shutil
 import subprocess
 
@@ -27,7 +26,6 @@ from mammography.report.figures import (
     figure_width_for,
     layer_grid_figure,
 )
-from mammography.report.files import FileBatch, atomic_write_text, sha256_file
 from mammography.report.latex import default_article_dir, render_latex, tex_escape
 from mammography.report.markdown import BEGIN_MARKER, END_MARKER, render_markdown_block, replace_marked_block
 from mammography.report.overlay import DisplayTile, blend, colorize, png_bytes, tile_label, to_display
@@ -267,40 +265,6 @@ def test_markdown_block_replacement_keeps_everything_outside(tmp_path):
         replace_marked_block(BEGIN_MARKER + "\n" + BEGIN_MARKER + END_MARKER, block)
     with pytest.raises(ConfigError, match="before"):
         replace_marked_block(END_MARKER + "\n" + BEGIN_MARKER, block)
-
-
-# --------------------------------------------------------------------------- files
-
-
-def test_file_batch_writes_all_or_nothing(tmp_path):
-    batch = FileBatch()
-    batch.add(tmp_path / "a" / "one.txt", "one")
-    batch.add(tmp_path / "two.bin", b"\x00\x01")
-    assert not (tmp_path / "two.bin").exists()  # staged only
-    written = batch.commit()
-    assert [p.name for p in written] == ["one.txt", "two.bin"]
-    assert (tmp_path / "a" / "one.txt").read_text() == "one"
-    assert sha256_file(tmp_path / "two.bin") == batch.sha256(tmp_path / "two.bin")
-
-    # a destination that cannot be written: nothing else changes, no temp files left
-    blocker = tmp_path / "blocked"
-    blocker.write_text("a file where a folder is needed")
-    failing = FileBatch()
-    failing.add(tmp_path / "a" / "one.txt", "changed")
-    failing.add(blocker / "x.txt", "x")
-    with pytest.raises(OSError):
-        failing.commit()
-    assert (tmp_path / "a" / "one.txt").read_text() == "one"
-    assert not [p for p in tmp_path.rglob("*.tmp")]
-    with pytest.raises(ConfigError):
-        batch.add(tmp_path / "two.bin", b"again")
-
-
-def test_atomic_write_replaces_whole_file(tmp_path):
-    path = tmp_path / "f.txt"
-    atomic_write_text(path, "old")
-    atomic_write_text(path, "new")
-    assert path.read_text() == "new" and os.listdir(tmp_path) == ["f.txt"]
 
 
 # --------------------------------------------------------------------------- LaTeX compiles

@@ -268,3 +268,58 @@ def test_layer_names_are_checked_and_stages_expanded():
     assert [x.key for x in site_layers(["features.4", "features.6", "features.8"])] == [
         "features.8", "features.6", "features.4", "fused"]
     assert [x.key for x in site_layers(["features.8"])] == ["features.8"]
+
+
+def _raw_request(port: int, host: str | None) -> int:
+    """Status of a GET / sent with the given Host header (None: no Host header)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("GET", "/data.js", skip_host=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.endheaders()
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_served_site_answers_only_loopback_host_names(site):
+    """DNS rebinding: a page of evil.example resolving to 127.0.0.1 must not read data.js."""
+    out, _ = site
+    server, _ = start_server(out, port=0)
+    port = server.server_port
+    try:
+        assert _raw_request(port, f"127.0.0.1:{port}") == 200
+        assert _raw_request(port, f"localhost:{port}") == 200
+        assert _raw_request(port, f"LOCALHOST:{port}") == 200
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1", f"127.0.0.1:{port + 1}",
+                     f"localhost.evil.example:{port}", None):
+            assert _raw_request(port, host) == 403, host
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_dropped_connections_print_no_traceback(tmp_path, capfd):
+    import socket
+    import struct
+    import time
+
+    (tmp_path / "index.html").write_text("<html></html>")
+    (tmp_path / "data.js").write_bytes(bytes(20_000_000))  # still being sent when the client resets
+    server, _ = start_server(tmp_path, port=0)
+    try:
+        for payload in (b"GET /data.js HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % server.server_port, b"GET /"):
+            sock = socket.create_connection(("127.0.0.1", server.server_port), timeout=10)
+            sock.sendall(payload)
+            time.sleep(0.2)
+            # close with a reset (SO_LINGER 0) while the server still answers or still reads
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        time.sleep(0.5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err

@@ -9,12 +9,13 @@ exit status 2, no traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
 
 from mammography import __version__
-from mammography.errors import MammographyError
+from mammography.errors import MammographyError, printable
 
 EXIT_USER_ERROR = 2
 
@@ -496,6 +497,7 @@ def _run_analyze(args) -> int:
     from mammography.analysis.consistency import ConsistencyThresholds
     from mammography.analysis.run_analysis import AnalysisOptions, analyze_runs
     from mammography.analysis.spurious import SpuriousThresholds
+    from mammography.atomic import OutputLock
     from mammography.data.dataset import default_cache_dir
     from mammography.report.analysis_tables import write_analysis_report
 
@@ -511,8 +513,13 @@ def _run_analyze(args) -> int:
         sanity=args.sanity, sanity_images=args.sanity_images, seed=args.seed, progress=args.progress,
     )
     thresholds = ConsistencyThresholds(min_rank_correlation=args.min_rank_correlation, min_top_iou=args.min_top_iou)
-    result = analyze_runs(args.runs, options, args.out, thresholds=thresholds, outputs_root=args.outputs_root)
-    write_analysis_report(result, figures=args.figures, colormap=args.colormap)
+    options.validate()
+    # the folder is locked before any map is computed; every file is written at the end, or none
+    with OutputLock(folders=[args.out], command="mammography analyze") as lock:
+        result = analyze_runs(args.runs, options, args.out, thresholds=thresholds, outputs_root=args.outputs_root,
+                              write=False)
+        write_analysis_report(result, figures=args.figures, colormap=args.colormap, with_analysis=True,
+                              journal=lock.journal(args.out))
     for label, analysis in zip(result.labels, result.analyses):
         s = analysis.summary["spurious"] or {}
         flag = f"flagged ({', '.join(s['reasons'])})" if s.get("flagged") else "not flagged"
@@ -729,6 +736,10 @@ def _run_explore(args) -> int:
 
     if not args.runs and not args.serve:
         raise ConfigError("give at least one --run to build the explorer (or --serve to serve an existing site)")
+    if args.serve:
+        from mammography.limits import check_int
+
+        check_int(args.port, "--port", 0, 65535)  # before the site is built, not after
     if args.runs:
         from mammography.data.dataset import default_cache_dir
 
@@ -789,12 +800,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except MammographyError as exc:
-        print(f"mammography {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _fail(args.command, str(exc))
+    except OSError as exc:
+        # the machine, not the code: a full disk, a read-only mount ... met outside the checked writes
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        from mammography.atomic import describe_os_error
+
+        return _fail(args.command, str(describe_os_error(exc, exc.filename or "a file", "use")))
+    except MemoryError:
+        return _fail(args.command, "ran out of memory; use a smaller --batch-size (or --img-size), or a machine "
+                                   "with more memory")
     except KeyboardInterrupt:
         print(f"mammography {args.command}: interrupted", file=sys.stderr)
         return 130
 
 
+def _fail(command: str, message: str) -> int:
+    """Print one error line (control characters of file names escaped) and return the exit status."""
+    print(f"mammography {command}: error: {printable(message)}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+#: OS errors that say something about the machine (disk, permissions), not about the code
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+                                 errno.EIO})
+
+
 def _path(value: str) -> Path:
+    if "\x00" in value:
+        raise argparse.ArgumentTypeError(f"{printable(value)} contains a NUL byte, which no file name can hold")
     return Path(value).expanduser()

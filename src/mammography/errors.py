@@ -32,3 +32,29 @@ class RunError(MammographyError):
 
 class ConfigError(MammographyError):
     """A parameter or flag value is invalid."""
+
+
+class OutputError(MammographyError):
+    """An output cannot be written: full disk, read-only or unwritable folder, path below a file,
+    or another process writing the same output."""
+
+
+def printable(text: object) -> str:
+    """``text`` as one inert line: control and format characters escaped.
+
+    File names, checkpoint keys and DICOM values come from other people's
+    files; printed raw, a newline would split an error message and an escape
+    sequence (``\\x1b[...``) or a bidirectional override would act on the
+    user's terminal. They are shown as ``\\n``, ``\\x1b``, ``\\u202e`` ...
+    """
+    import unicodedata
+
+    out = []
+    for ch in str(text):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            code = ord(ch)
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch) or
+                       (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"))
+        else:
+            out.append(ch)
+    return "".join(out)

@@ -72,9 +72,12 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from mammography.csvfiles import unescape_table
 from mammography.data.labels import CLASS_LETTERS, parse_label
 from mammography.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from mammography.errors import ConfigError, ImageReadError, RunError
+from mammography.errors import ConfigError, ImageReadError, RunError, printable
+from mammography.io.files import MAX_CSV_BYTES, read_json_file, require_regular_file
+from mammography.limits import check_img_size, check_normalisation
 from mammography.models.checkpoint import checkpoint_sha256, load_density_checkpoint
 from mammography.training.metrics import SCALAR_METRICS
 
@@ -132,6 +135,8 @@ METRIC_SECTIONS = ("val", "val_metrics", "metrics", "best")
 TRAIN_WRITER = "mammography train-density --save-best"
 CV_WRITER = "mammography cross-validate"
 _FOLD_RE = re.compile(r"^fold_(\d+)$")
+#: longest text a probs cell may hold (four numbers written by numpy or JSON take under 200)
+_MAX_PROBS_TEXT = 1000
 _SEED_RE = re.compile(r"seed[_-]?(\d+)", re.IGNORECASE)
 _K_RE = re.compile(r"(?:^|_)k(\d+)(?:_|$)")
 
@@ -480,12 +485,9 @@ def _missing(path: Path, what: str = "a run directory needs it", writer: str = T
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise _missing(path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path} is not valid JSON ({exc}); rewrite it or retrain the run") from None
+    if not path.exists() and not path.is_symlink():
+        raise _missing(path)
+    data = read_json_file(path, "run file", RunError, hint="rewrite it or retrain the run")
     if not isinstance(data, dict):
         raise RunError(f"{path} should hold a JSON object, found {type(data).__name__}")
     return data
@@ -493,7 +495,8 @@ def _read_json(path: Path) -> dict:
 
 def _find_checkpoint(run_dir: Path) -> Path:
     for name in CHECKPOINT_NAMES:
-        if (run_dir / name).is_file():
+        if (run_dir / name).exists():
+            require_regular_file(run_dir / name, "checkpoint", RunError)  # a FIFO would hang the hash
             return run_dir / name
     raise _missing(
         run_dir / CHECKPOINT_NAMES[0],
@@ -522,19 +525,20 @@ def _as_triple(value, default: tuple[float, float, float], key: str, source: Pat
     if values is None or len(values) not in (1, 3) or not all(isinstance(v, (int, float)) for v in values):
         raise RunError(f"{source}: {key} must be null, a number or 3 numbers, found {value!r}")
     values = values * 3 if len(values) == 1 else values
-    return tuple(float(v) for v in values)
+    return check_normalisation(values, f"{printable(source)}: {key}", positive=(key == "std"), error=RunError)
 
 
 def _img_size(summary: dict, source: Path) -> int:
     value = summary.get("img_size", summary.get("image_size"))
     if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
         value = value[0]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or int(value) != value or value <= 0:
         raise RunError(
             f"{source} has no usable img_size (found {value!r}); the model's input size must be recorded "
             f"there (as {TRAIN_WRITER} does)"
         )
-    return int(value)
+    return check_img_size(value, f"{printable(source)}: img_size", RunError)
 
 
 def _seed(summary: dict, paths: list[Path]) -> int | None:
@@ -589,12 +593,16 @@ def _parse_prob_list(text, source: Path, row: int) -> list[float]:
     """One stringified probability list: JSON ``[0.1, ...]`` or numpy ``[0.1 0.2 ...]``."""
     if not isinstance(text, str):
         raise RunError(f"{source}: row {row + 2} has no probs list (found {text!r})")
+    if len(text) > _MAX_PROBS_TEXT:  # four numbers; anything longer is not a probability list
+        raise RunError(f"{source}: row {row + 2} probs is {len(text)} characters long, not a list of 4 probabilities")
     try:
         values = json.loads(text)
+    except RecursionError:
+        raise RunError(f"{source}: row {row + 2} probs is nested, not a list of numbers") from None
     except json.JSONDecodeError:
         try:
             values = ast.literal_eval(text)  # literals only: tuples, 'nan'-free python lists
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             # numpy's print form "[0.1 0.2 0.3 0.4]", possibly wrapped over lines
             tokens = [t for t in re.split(r"[\s,]+", text.strip().strip("[]()")) if t]
             try:
@@ -695,6 +703,8 @@ def _absolute_path(value, bases: list[Path], missing: dict | None = None):
     place tried goes into ``missing``)."""
     if not isinstance(value, str) or not value.strip():
         return None
+    if "\x00" in value:  # no file name holds one; os calls would raise ValueError
+        raise RunError(f"{bases[0] / 'val_predictions.csv'}: a path contains a NUL byte ({printable(value)})")
     path = Path(value.strip()).expanduser()
     candidates = [path] if path.is_absolute() else [base / path for base in bases]
     for candidate in candidates:
@@ -707,12 +717,16 @@ def _absolute_path(value, bases: list[Path], missing: dict | None = None):
 
 def _read_predictions(run_dir: Path, bases: list[Path], missing: dict) -> tuple[pd.DataFrame, np.ndarray]:
     source = run_dir / "val_predictions.csv"
-    if not source.is_file():
+    if not source.exists():
         raise _missing(source)
+    st = require_regular_file(source, "predictions", RunError)
+    if st.st_size > MAX_CSV_BYTES:
+        raise RunError(f"{source} is {st.st_size / 1e6:.0f} MB, more than any validation set's predictions; "
+                       "check the file")
     try:
-        table = pd.read_csv(source)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise RunError(f"{source} is not a readable CSV ({exc}); retrain the run or repair the file") from None
+        table = unescape_table(pd.read_csv(source))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OverflowError) as exc:
+        raise RunError(f"{source} is not a readable CSV ({printable(exc)}); retrain the run or repair the file") from None
     if "image_path" not in table and "path" in table:
         table = table.rename(columns={"path": "image_path"})
     lacking = [c for c in ("image_path", "y_true", "y_pred") if c not in table]

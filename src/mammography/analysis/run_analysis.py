@@ -51,7 +51,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from scipy import ndimage
 
 from mammography.analysis.consistency import (
@@ -88,8 +87,11 @@ from mammography.analysis.spurious import (
     spurious_shares,
     summarise_spurious,
 )
-from mammography.errors import ConfigError, ImageReadError, RunError
+from mammography.atomic import write_atomic
+from mammography.csvfiles import csv_bytes
+from mammography.errors import ConfigError, RunError
 from mammography.io.geometry import Geometry
+from mammography.io.mask import read_mask_file
 
 __all__ = [
     "ANALYSIS_SIZE",
@@ -127,6 +129,8 @@ ANALYSIS_FILES = {
     "patterns": "patterns_by_class.csv",
     "faithfulness": "faithfulness_per_image.csv",
 }
+#: largest analysis grid side (masks and maps are compared at this resolution; 4096 px is a full mammogram)
+MAX_ANALYSIS_SIZE = 4096
 #: files :meth:`ConsistencyResult.write` creates
 CONSISTENCY_FILES = {"table": "consistency.csv", "summary": "consistency_summary.json"}
 _ROI_SUFFIXES = ("", "_roi", "_mask", "_dense")
@@ -190,10 +194,12 @@ class AnalysisOptions:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values that cannot work."""
-        if self.analysis_size < 16:
-            raise ConfigError(f"--analysis-size must be at least 16 px, got {self.analysis_size}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        from mammography.limits import MAX_BATCH_SIZE, check_float, check_int
+
+        check_int(self.analysis_size, "--analysis-size", 16, MAX_ANALYSIS_SIZE)
+        check_int(self.batch_size, "--batch-size", 1, MAX_BATCH_SIZE)
+        check_float(self.attention_threshold, "attention threshold", 0.0, 1.0)
+        check_float(self.border_fraction, "border fraction", 0.0, 0.5)
         if self.dense_source not in DENSE_SOURCES:
             raise ConfigError(f"--dense-source must be one of {', '.join(DENSE_SOURCES)}, got {self.dense_source!r}")
         if self.faithfulness_baseline not in BASELINES:
@@ -206,8 +212,11 @@ class AnalysisOptions:
             raise ConfigError(f"--roi-dir {self.roi_dir} is not a folder; give the folder of the ROI mask PNGs")
 
     def to_dict(self) -> dict:
+        """JSON-ready options; the cache folder is a detail of this machine, not recorded (shipped JSON
+        names no local path the user did not give)."""
         d = dataclasses.asdict(self)
-        for k in ("cache_dir", "roi_dir", "manifest"):
+        d["cache_dir"] = None
+        for k in ("roi_dir", "manifest"):
             d[k] = None if d[k] is None else str(d[k])
         return d
 
@@ -333,7 +342,7 @@ class RunAnalysis:
           ``faithfulness_per_image.csv`` (with faithfulness).
         """
         out = Path(out_dir)
-        return [_atomic_bytes(out / name, data) for name, data in self.files().items()]
+        return [write_atomic(out / name, data) for name, data in self.files().items()]
 
     def files(self) -> dict[str, bytes]:
         """The contents :meth:`write` writes, by file name (for a caller's all-or-nothing batch)."""
@@ -384,7 +393,7 @@ class ConsistencyResult:
     def write(self, out_dir: str | Path) -> list[Path]:
         """Write ``consistency.csv`` and ``consistency_summary.json`` into ``out_dir``."""
         out = Path(out_dir)
-        return [_atomic_bytes(out / name, data) for name, data in self.files().items()]
+        return [write_atomic(out / name, data) for name, data in self.files().items()]
 
     def files(self) -> dict[str, bytes]:
         """The contents :meth:`write` writes, by file name."""
@@ -397,24 +406,6 @@ class ConsistencyResult:
 # ---------------------------------------------------------------------------
 # files
 # ---------------------------------------------------------------------------
-
-
-def _atomic_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _clean(value):
@@ -440,7 +431,7 @@ def _json_bytes(obj) -> bytes:
 
 
 def _csv_bytes(table: pd.DataFrame) -> bytes:
-    return table.to_csv(index=False, lineterminator="\n", float_format="%.6g").encode("utf-8")
+    return csv_bytes(table, float_format="%.6g")
 
 
 def _npz_bytes(arrays: dict) -> bytes:
@@ -459,18 +450,6 @@ def _ragged(parts: list[np.ndarray]) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # masks
 # ---------------------------------------------------------------------------
-
-
-def _read_mask(path: str | Path, what: str) -> np.ndarray:
-    p = Path(path)
-    try:
-        with Image.open(p) as im:
-            arr = np.asarray(im.convert("L"))
-    except FileNotFoundError:
-        raise ImageReadError(f"{what} {p} does not exist; fix the path in the manifest or leave the column empty") from None
-    except OSError as exc:
-        raise ImageReadError(f"cannot read the {what} {p}: {exc}; save it as an 8-bit PNG") from None
-    return arr > 0
 
 
 def _mask_on_grid(mask: np.ndarray, original_shape: tuple[int, int], grid: tuple[int, int], path, what: str) -> np.ndarray:
@@ -588,7 +567,7 @@ def image_regions(
     display = np.clip(frame.to_original(square), 0.0, 1.0)
     image = np.clip(map_to_grid(square, geometry, grid), 0.0, 1.0) if with_image else None
     if not _is_missing(breast_mask_path):
-        breast_full = _read_mask(breast_mask_path, "breast mask")
+        breast_full = read_mask_file(breast_mask_path, "breast mask")
         breast = _mask_on_grid(breast_full, geometry.original_shape, grid, breast_mask_path, "breast mask")
         breast_model = _mask_on_grid(breast_full, geometry.original_shape, display.shape, breast_mask_path, "breast mask")
     else:
@@ -768,7 +747,7 @@ def analyze_maps(
         roi_file = Path(roi_path) if not _is_missing(roi_path) else _find_roi(paths[i], options.roi_dir)
         roi = None
         if roi_file is not None:
-            roi = _mask_on_grid(_read_mask(roi_file, "ROI mask"), geom.original_shape, grid, roi_file, "ROI mask")
+            roi = _mask_on_grid(read_mask_file(roi_file, "ROI mask"), geom.original_shape, grid, roi_file, "ROI mask")
             roi_count += 1
             loc = localisation_metrics(heat, roi, options.attention_threshold)
             rec.update(loc.to_dict())
@@ -1049,6 +1028,14 @@ class AnalyzeResult:
     written: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def files(self) -> dict[Path, bytes]:
+        """Every analysis file by path: ``out_dir/<label>/...`` per run, consistency files in ``out_dir``."""
+        files = {self.out_dir / label / name: data
+                 for label, analysis in zip(self.labels, self.analyses) for name, data in analysis.files().items()}
+        if self.consistency is not None:
+            files.update({self.out_dir / name: data for name, data in self.consistency.files().items()})
+        return files
+
 
 def _expand_runs(run_specs, outputs_root) -> list:
     from mammography.runs import is_cv_root, load_cv_run, load_run, resolve_runs
@@ -1076,6 +1063,7 @@ def analyze_runs(
     *,
     thresholds: ConsistencyThresholds = ConsistencyThresholds(),
     outputs_root: str | Path = Path("outputs"),
+    write: bool = True,
 ) -> AnalyzeResult:
     """``mammography analyze``: analyse every run, then compare them when they share images.
 
@@ -1090,21 +1078,36 @@ def analyze_runs(
         ``consistency_summary.json`` to ``out_dir``.
     thresholds : :class:`ConsistencyThresholds`.
     outputs_root : where relative run names are looked up.
+    write : write :meth:`AnalyzeResult.files` into ``out_dir``, all at the
+        end or none, under the folder's lock taken before any map is
+        computed (:mod:`mammography.atomic`). ``False`` computes only (a
+        caller that adds files of its own commits them all together).
     """
+    from mammography.atomic import FileBatch, OutputLock
+
     options.validate()
     out = Path(out_dir)
+    if not write:
+        return _analyze_runs(run_specs, options, out, thresholds, outputs_root)
+    with OutputLock(folders=[out], command="mammography analyze") as lock:
+        result = _analyze_runs(run_specs, options, out, thresholds, outputs_root)
+        batch = FileBatch()
+        for path, data in result.files().items():
+            batch.add(path, data)
+        result.written += batch.commit(lock.journal(out))
+    return result
+
+
+def _analyze_runs(run_specs, options: AnalysisOptions, out: Path, thresholds, outputs_root) -> AnalyzeResult:
     runs = _expand_runs(run_specs, outputs_root)
     labels = run_labels(runs)
     result = AnalyzeResult(analyses=[], labels=labels, consistency=None, out_dir=out)
-    for label, run in zip(labels, runs):
-        analysis = analyze_run(run, options)
-        result.written += analysis.write(out / label)
-        result.analyses.append(analysis)
+    for run in runs:
+        result.analyses.append(analyze_run(run, options))
     if len(runs) >= 2:
         shared = set.intersection(*(set(a.image_paths) for a in result.analyses))
         if shared:
             result.consistency = compare_runs(result.analyses, thresholds)
-            result.written += result.consistency.write(out)
         else:
             result.notes.append(
                 "the runs share no validation image, so no cross-seed consistency was computed "

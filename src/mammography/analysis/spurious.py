@@ -107,7 +107,7 @@ class SpuriousThresholds:
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ConfigError(f"spurious-attention threshold {name}={value} must be in (0, 1]")
-        if not self.marker_enrichment > 0:
+        if not 0 < self.marker_enrichment < float("inf"):
             raise ConfigError(f"marker enrichment threshold must be positive, got {self.marker_enrichment}")
 
     def to_dict(self) -> dict:

@@ -17,6 +17,7 @@ trained on) and writes
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mammography.atomic import FileBatch, OutputLock
 from mammography.cam.layers import LayerSpec
-from mammography.cam.sweep import RunMaps, load_run_maps, parse_target, sweep_run
+from mammography.cam.sweep import RunMaps, load_run_maps, parse_target, sweep_run, target_mode_name
+from mammography.csvfiles import csv_bytes
 from mammography.data.labels import CLASS_LETTERS
+from mammography.limits import MAX_BATCH_SIZE, check_int
 
 __all__ = [
     "ExplainOutput",
@@ -122,19 +126,33 @@ def explain_run(
     ------
     RunError, CheckpointError, ImageReadError, ConfigError
         Unreadable run, checkpoint or image; bad option.
+    OutputError
+        The output folder cannot be written or another process writes it
+        (checked before any map is computed); nothing is written then.
     """
-    from mammography.data.dataset import _atomic_write_bytes
     from mammography.runs import Run, load_run
 
+    target_mode_name(targets)
+    check_int(batch_size, "batch size", 1, MAX_BATCH_SIZE)
     run = run if isinstance(run, Run) else load_run(run)
-    maps = sweep_run(run, layers, method, targets=targets, batch_size=batch_size, device=device,
-                     autocast=autocast, cache_dir=cache_dir, progress=progress)
     target_dir = Path(out_dir) if out_dir is not None else DEFAULT_OUT / run_folder_name(run.run_id)
+    with OutputLock(folders=[target_dir], command="mammography explain") as lock:
+        batch = FileBatch()
+        output = _explain(batch, run, layers, method, target_dir, targets=targets, batch_size=batch_size,
+                          device=device, autocast=autocast, cache_dir=cache_dir, progress=progress)
+        batch.commit(lock.journal(target_dir))
+    return output
+
+
+def _explain(batch: FileBatch, run, layers, method, target_dir: Path, **sweep_options) -> ExplainOutput:
+    """Sweep one run and stage its two files in ``batch``."""
+    maps = sweep_run(run, layers, method, **sweep_options)
     npz_path, csv_path = explanation_paths(target_dir, maps.method)
     check = run.check_predictions(maps.probs)
-    predictions = prediction_table(run, maps, check)
-    maps.save(npz_path)
-    _atomic_write_bytes(csv_path, lambda fh: predictions.to_csv(fh, index=False))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **maps.arrays())
+    batch.add(npz_path, buffer.getvalue())
+    batch.add(csv_path, csv_bytes(prediction_table(run, maps, check)))
     (log.warning if check.n_disagree else log.info)("%s", check.message())
     return ExplainOutput(
         run_id=run.run_id,
@@ -167,22 +185,33 @@ def explain_runs(
     layers, method, kwargs : as for :func:`explain_run`.
     out_dir : each run's files go to ``out_dir/<run id>`` (see :func:`run_folder_name`).
     outputs_root : the default outputs folder.
+
+    All runs' files are written together at the end, or none (see
+    :mod:`mammography.atomic`); the output folder is locked from the start.
     """
     from mammography.runs import is_cv_root, load_cv_run, load_run, resolve_runs
 
-    outputs: list[ExplainOutput] = []
-    for path in resolve_runs(specs, outputs_root=outputs_root):
-        if is_cv_root(path):
-            cv = load_cv_run(path)
-            for note in cv.notes:
-                log.warning("%s", note)
-            runs = cv.folds
-        else:
-            runs = [load_run(path)]
-        for run in runs:
-            for note in run.notes:
-                log.warning("%s", note)
-            outputs.append(explain_run(run, layers, method, Path(out_dir) / run_folder_name(run.run_id), **kwargs))
+    kwargs = {"targets": "predicted", "batch_size": 8, "device": "auto", "autocast": None, "cache_dir": None,
+              "progress": True, **kwargs}
+    target_mode_name(kwargs["targets"])
+    check_int(kwargs["batch_size"], "batch size", 1, MAX_BATCH_SIZE)
+    out_dir = Path(out_dir)
+    with OutputLock(folders=[out_dir], command="mammography explain") as lock:
+        runs = []
+        for path in resolve_runs(specs, outputs_root=outputs_root):
+            if is_cv_root(path):
+                cv = load_cv_run(path)
+                for note in cv.notes:
+                    log.warning("%s", note)
+                runs += cv.folds
+            else:
+                runs.append(load_run(path))
+        for note in [n for run in runs for n in run.notes]:
+            log.warning("%s", note)
+        batch = FileBatch()
+        outputs = [_explain(batch, run, layers, method, out_dir / run_folder_name(run.run_id), **kwargs)
+                   for run in runs]
+        batch.commit(lock.journal(out_dir))
     return outputs
 
 

@@ -192,11 +192,9 @@ class RunMaps:
 
     def save(self, path: str | Path) -> Path:
         """Write the compressed archive atomically (temp file, then rename)."""
-        from mammography.data.dataset import _atomic_write_bytes
+        from mammography.atomic import write_atomic
 
-        path = Path(path)
-        _atomic_write_bytes(path, lambda fh: np.savez_compressed(fh, **self.arrays()))
-        return path
+        return write_atomic(Path(path), lambda fh: np.savez_compressed(fh, **self.arrays()))
 
 
 def load_run_maps(path: str | Path) -> RunMaps:
@@ -342,10 +340,10 @@ def sweep_run(
     run = run if isinstance(run, Run) else load_run(run)
     if len(run.predictions) == 0:
         raise RunError(f"{run.path / 'val_predictions.csv'} has no rows: nothing to explain")
-    run.require_images()
     dev = resolve_device(str(device))
     if model is None:
         model = run.load_model(device=dev)
+    run.require_images()
     # channels-last weights match the engine's channels-last input (faster convolutions)
     model = model.to(memory_format=torch.channels_last)
     rows = list(range(len(run.predictions))) if rows is None else [int(r) for r in rows]

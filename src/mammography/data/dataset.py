@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mammography.atomic import sha256_file, write_atomic
 from mammography.data.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -42,7 +42,8 @@ from mammography.data.preprocess import (
     PreparedImage,
     Preprocessing,
 )
-from mammography.errors import ConfigError, ImageReadError
+from mammography.errors import ConfigError, ImageReadError, OutputError, printable
+from mammography.io.files import require_regular_file
 from mammography.io.geometry import Geometry
 
 __all__ = [
@@ -64,29 +65,13 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mammography"
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    """``write(file_object)`` into a temp file beside ``path``, then rename it over ``path``.
-
-    Concurrent DataLoader workers (or runs) writing the same entry each
-    rename a complete file, so readers never see a partial one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _cache_write(path: Path, data) -> None:
+    """Write a cache file atomically (concurrent workers each rename a complete file); a cache that
+    cannot be written (read-only, full) only costs time, so failures are ignored."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        write_atomic(path, data, durable=False)
+    except OutputError:
+        pass
 
 
 class DecodedImageCache:
@@ -116,11 +101,9 @@ class DecodedImageCache:
     # -- keys ---------------------------------------------------------------
     def content_hash(self, path: str | Path) -> str:
         """SHA-256 of the file's bytes, memoised by (path, size, mtime)."""
+        # a FIFO or device would block the hash forever: only regular files are read
+        stat = require_regular_file(path, "image", ImageReadError, "check the manifest's image_path")
         path = Path(path).resolve()
-        try:
-            stat = path.stat()
-        except OSError as exc:
-            raise ImageReadError(f"cannot read image {path}: {exc.strerror or exc}; check the manifest's image_path") from exc
         memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
         if memo_key in self._hash_memo:
             return self._hash_memo[memo_key]
@@ -128,13 +111,16 @@ class DecodedImageCache:
         memo_file = self.root / "hashes" / stat_name[:2] / stat_name
         digest = None
         if memo_file.is_file():
-            digest = memo_file.read_text().strip() or None
-        if digest is None:
-            digest = _sha256_file(path)
             try:
-                _atomic_write_bytes(memo_file, lambda handle: handle.write(digest.encode()))
-            except OSError:  # read-only cache: still usable, just slower
-                pass
+                digest = memo_file.read_text()[:64].strip() or None
+            except (OSError, UnicodeDecodeError):
+                digest = None
+        if digest is None:
+            try:
+                digest = sha256_file(path, _HASH_CHUNK)
+            except OSError as exc:
+                raise ImageReadError(f"cannot read image {printable(path)}: {exc.strerror or exc}") from None
+            _cache_write(memo_file, digest.encode())
         self._hash_memo[memo_key] = digest
         return digest
 
@@ -174,11 +160,9 @@ class DecodedImageCache:
         pixels = prepared.channels if prepared.channels is not None else prepared.square
         stored = self.preprocessing.quantise(pixels)
         text = json.dumps(prepared.geometry.to_dict())
-        try:
-            _atomic_write_bytes(npy, lambda handle: np.save(handle, stored, allow_pickle=False))
-            _atomic_write_bytes(meta, lambda handle: handle.write(text.encode()))
-        except OSError:
-            pass
+        _cache_write(npy, lambda handle: np.save(handle, stored, allow_pickle=False))
+        if npy.is_file():  # the geometry marks the entry complete: only after its square
+            _cache_write(meta, text.encode())
 
     def get(self, path: str | Path, laterality: str | None = None) -> PreparedImage:
         """The prepared square of ``path``: from the cache, else decoded and stored."""
@@ -248,9 +232,7 @@ class MammogramDataset(Dataset):
             raise ConfigError(f"{len(lateralities)} lateralities for {len(self.paths)} images")
         self.labels = [(-1 if labels is None else _label_index(labels[i])) for i in range(len(self.paths))]
         if preprocessing is None:
-            if int(img_size) < 32:
-                raise ConfigError(f"image size {img_size} is too small for EfficientNet-B0 (use at least 32)")
-            preprocessing = Preprocessing.fit_pad(int(img_size), mean, std, normalise_laterality)
+            preprocessing = Preprocessing.fit_pad(img_size, mean, std, normalise_laterality)
         self.preprocessing = preprocessing
         self.lateralities = [None] * len(self.paths) if lateralities is None else [_laterality_hint(v) for v in lateralities]
         self.cache = DecodedImageCache(cache_dir, preprocessing) if cache_dir is not None else None

@@ -36,6 +36,13 @@ Rules
   an error only when no image at all is left.
 * ``patient_id`` is never empty: it falls back to the accession, then to the
   image file name (each image its own patient, logged).
+* An image listed more than once (the same file, however its path is
+  spelled) is kept once, so it can never sit on both sides of a split:
+  copies with different density labels are all dropped (which label is
+  right is unknown), copies under different patients keep the first row;
+  both are logged as warnings with their lines.
+* Cells the tool itself wrote spreadsheet-safe (``'=...``, see
+  :mod:`mammography.csvfiles`) are read back as written before.
 """
 
 from __future__ import annotations
@@ -48,8 +55,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mammography.csvfiles import unescape_cell
 from mammography.data.labels import parse_label
-from mammography.errors import ManifestError
+from mammography.errors import ManifestError, printable
+from mammography.io.files import MAX_CSV_BYTES, require_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -168,9 +177,10 @@ def parse_bbox(value) -> tuple[int, int, int, int] | None:
 
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     """Header and ``(line number, row)`` pairs; blank lines are skipped."""
-    if not path.is_file():
-        what = "is a folder, not a CSV file" if path.is_dir() else "does not exist"
-        raise ManifestError(f"manifest {path} {what}; pass the path of a manifest CSV")
+    st = require_regular_file(path, "manifest", ManifestError, "pass the path of a manifest CSV")
+    if st.st_size > MAX_CSV_BYTES:
+        raise ManifestError(f"manifest {printable(path)} is {st.st_size / 1e6:.0f} MB, more than any manifest; "
+                            "check that it is the right file")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             first = fh.readline()
@@ -190,7 +200,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
                         f"{path}, line {reader.line_num}: {len(row)} fields but the header has "
                         f"{len(header)}; quote values that contain '{delimiter}'"
                     )
-                row = row + [""] * (len(header) - len(row))
+                row = [unescape_cell(cell) for cell in row] + [""] * (len(header) - len(row))
                 records.append((reader.line_num, dict(zip(header, row))))
     except UnicodeDecodeError as exc:
         raise ManifestError(f"manifest {path} is not UTF-8 text ({exc.reason}); save it as UTF-8 CSV") from None
@@ -272,6 +282,8 @@ def _resolve(base: Path, value: str) -> str | None:
     value = (value or "").strip()
     if not value:
         return None
+    if "\x00" in value:  # no file name holds one; os calls would raise ValueError
+        raise ManifestError(f"{base}: a path in the manifest contains a NUL byte ({printable(value)}); fix the manifest")
     candidate = Path(value).expanduser()
     if not candidate.is_absolute():
         candidate = base / candidate
@@ -325,6 +337,7 @@ def _from_image_paths(
             bad.add(line, f"image {image} does not exist")
             continue
         record = {
+            "_line": line,
             "image_path": image,
             "density_label": label,
             **{key: row.get(name) if name else None for key, name in meta.items()},
@@ -489,6 +502,7 @@ def _finish(path: Path, rows: list[dict], optional: list[str]) -> pd.DataFrame:
     table["view"] = table["view"].map(_view)
     table["laterality"] = table["laterality"].map(_laterality)
     _fill_patient_ids(path, table)
+    table = _deduplicate(path, table).drop(columns="_line", errors="ignore")
     table["density_label"] = table["density_label"].astype("int64")
     if "dense_fraction" in table:
         table["dense_fraction"] = table["dense_fraction"].astype(float)
@@ -500,6 +514,43 @@ def _finish(path: Path, rows: list[dict], optional: list[str]) -> pd.DataFrame:
             column = table[name].astype(object)
             table[name] = column.where(column.notna() & (column != ""), None)
     return table.reset_index(drop=True)
+
+
+def _lines(table: pd.DataFrame, index) -> str:
+    if "_line" not in table:
+        return ""
+    shown = [str(v) for v in table.loc[index, "_line"].tolist()[:_MAX_LINES_SHOWN]]
+    return f" (lines {', '.join(shown)}{', ...' if len(index) > _MAX_LINES_SHOWN else ''})"
+
+
+def _deduplicate(path: Path, table: pd.DataFrame) -> pd.DataFrame:
+    """Keep each image once (rules in the module docstring)."""
+    key = table["image_path"].map(os.path.realpath)
+    repeated = key.duplicated(keep=False)
+    if not repeated.any():
+        return table
+    drop: list = []
+    label_conflicts, patient_conflicts, repeats = [], [], 0
+    for _, index in table.index[repeated].groupby(key[repeated]).items():
+        rows = table.loc[index]
+        if rows["density_label"].nunique() > 1:
+            drop.extend(index)
+            label_conflicts.extend(index)
+            continue
+        if rows["patient_id"].nunique() > 1:
+            patient_conflicts.extend(index)
+        repeats += len(index) - 1
+        drop.extend(index[1:])
+    if label_conflicts:
+        logger.warning("%s: %d rows list the same image with different density labels; dropped all of them%s: "
+                       "fix the labels in the manifest", path, len(label_conflicts), _lines(table, label_conflicts))
+    if patient_conflicts:
+        logger.warning("%s: %d rows list the same image under different patients; kept the first of each, so no "
+                       "image is on both sides of a split%s", path, len(patient_conflicts),
+                       _lines(table, patient_conflicts))
+    if repeats:
+        logger.info("%s: %d repeated rows of images listed before were left out", path, repeats)
+    return table.drop(index=drop)
 
 
 def _fill_patient_ids(path: Path, table: pd.DataFrame) -> None:

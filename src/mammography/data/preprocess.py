@@ -30,7 +30,6 @@ with the run's ``mean`` / ``std``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import torch
 from mammography import __version__
 from mammography.errors import ConfigError
 from mammography.io.geometry import Geometry
+from mammography.limits import MAX_IMG_SIZE, MIN_IMG_SIZE, check_img_size, check_normalisation
 
 __all__ = [
     "FIT_PAD",
@@ -62,11 +62,6 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 FIT_PAD = "fit-pad"
 PIPELINES_CROP = "pipelines-crop"
 PIPELINES = (FIT_PAD, PIPELINES_CROP)
-#: smallest model input EfficientNet-B0 can take (its stride is 32)
-MIN_IMG_SIZE = 32
-#: largest accepted model input side: 4096 px covers full-field resolution;
-#: beyond it one image's activations alone take gigabytes
-MAX_IMG_SIZE = 4096
 
 _DESCRIPTIONS = {
     FIT_PAD: "DICOM VOI LUT / window (else 0.5-99.5 % percentiles), whole image resized with its aspect "
@@ -100,12 +95,7 @@ def _triple(values, name: str) -> tuple[float, float, float]:
         arr = np.broadcast_to(np.asarray(values, dtype=np.float64), (3,))
     except (TypeError, ValueError):
         raise ConfigError(f"normalisation {name} must be a number or 3 numbers, got {values!r}") from None
-    out = tuple(float(v) for v in arr)
-    if not all(math.isfinite(v) for v in out):
-        raise ConfigError(f"normalisation {name} must be finite numbers, got {list(out)}")
-    if name == "std" and min(out) <= 0:
-        raise ConfigError(f"normalisation std must be positive, got {list(out)}")
-    return out
+    return check_normalisation(tuple(float(v) for v in arr), f"normalisation {name}", positive=(name == "std"))
 
 
 @dataclass(frozen=True)
@@ -139,12 +129,8 @@ class Preprocessing:
     def __post_init__(self):
         if self.pipeline not in PIPELINES:
             raise ConfigError(f"unknown preprocessing pipeline {self.pipeline!r}; expected one of {', '.join(PIPELINES)}")
-        size = self.img_size
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_IMG_SIZE <= size <= MAX_IMG_SIZE:
-            raise ConfigError(
-                f"model input size {size!r} is outside {MIN_IMG_SIZE}..{MAX_IMG_SIZE} px; check img_size"
-            )
-        object.__setattr__(self, "img_size", int(size))
+        size = int(self.img_size) if isinstance(self.img_size, np.integer) else self.img_size
+        object.__setattr__(self, "img_size", check_img_size(size, "model input size (img_size)"))
         object.__setattr__(self, "mean", _triple(self.mean, "mean"))
         object.__setattr__(self, "std", _triple(self.std, "std"))
         object.__setattr__(self, "normalise_laterality", bool(self.normalise_laterality))

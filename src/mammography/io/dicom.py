@@ -19,15 +19,22 @@ The display pipeline of DICOM PS3.3 C.11 is applied in order:
 
 Everything a user's file can get wrong becomes an
 :class:`~mammography.errors.ImageReadError` that names the file: not DICOM,
-unparseable or truncated, no pixel data, several frames, colour, implausible
-dimensions (checked from the header, before any pixel is decoded), a
-transfer syntax without an installed decoder, or pixel data that fail to
-decode.
+unparseable or truncated, a corrupt header value (pydicom converts values
+when they are first used, so one bad byte can surface anywhere), no pixel
+data, several frames, colour, implausible dimensions or decoded size
+(checked from the header, before any pixel is decoded: at most
+:data:`~mammography.io.mammogram.MAX_PIXELS` pixels, and RLE data no more
+than 64 times smaller than the image they decode to, the most RLE can
+compress), a Rescale Slope/Intercept or Window Center/Width that is not a
+finite number, a transfer syntax without an installed decoder, or pixel data
+that fail to decode.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +60,35 @@ log = logging.getLogger(__name__)
 #: run before the (possibly huge or truncated) pixel data are loaded.
 _DEFER_SIZE = "256 KB"
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+#: RLE (PS3.5 Annex G) turns 2 bytes into at most 128: no file decodes to more than 64x its data
+_RLE_MAX_RATIO = 64
+_RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+#: header values that must be finite numbers when present
+_FINITE_KEYWORDS = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
 
 
+def _corrupt_values_are_read_errors(read):
+    """pydicom converts a header value when it is first used; a corrupt one (an unknown VR, a
+    malformed number) then raises anywhere in the reader. Those become one ImageReadError."""
+
+    @functools.wraps(read)
+    def wrapper(path):
+        try:
+            return read(path)
+        except ImageReadError:
+            raise
+        except MemoryError:
+            raise ImageReadError(f"{path}: decoding needs more memory than is free; close other programs "
+                                 "or downsample the image") from None
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for corrupt values
+            raise ImageReadError(
+                f"{path}: the DICOM header is corrupt ({_one_line(exc)}); copy or export the image again"
+            ) from None
+
+    return wrapper
+
+
+@_corrupt_values_are_read_errors
 def read_dicom(path: str | Path) -> Mammogram:
     """Read a single-frame grayscale DICOM image (uncompressed or compressed).
 
@@ -190,7 +224,40 @@ def _check_header(ds: Dataset, path: Path) -> None:
     if rows is None or cols is None:
         raise ImageReadError(f"{path}: Rows or Columns missing from the header; the file is corrupt")
     check_dimensions(path, rows, cols)
+    _check_decoded_size(ds, path, rows, cols)
+    _check_finite_values(ds, path)
     _check_decoder(ds, path)
+
+
+def _check_decoded_size(ds: Dataset, path: Path, rows: int, cols: int) -> None:
+    """Bound what decoding will allocate by the header, before the decoder runs."""
+    bits = _int_or_none(ds.get("BitsAllocated", 16))
+    if bits is None or bits not in (1, 8, 16, 32):
+        raise ImageReadError(f"{path}: BitsAllocated {bits} is not 1, 8, 16 or 32; the header is corrupt")
+    decoded = rows * cols * max(bits, 8) // 8  # at most 4 x MAX_PIXELS bytes (check_dimensions)
+    if str(ds.file_meta.get("TransferSyntaxUID", "")) == _RLE_LOSSLESS:
+        stored = path.stat().st_size  # the RLE data are at most the whole file
+        if decoded > _RLE_MAX_RATIO * stored + 64 * 1024:
+            raise ImageReadError(
+                f"{path}: {stored} bytes of RLE data cannot decode to the {rows} x {cols} image the header "
+                f"declares ({decoded / 1e6:.0f} MB); the file is corrupt or crafted"
+            )
+
+
+def _check_finite_values(ds: Dataset, path: Path) -> None:
+    """Rescale and window values that are not finite numbers would turn the image black (or NaN)."""
+    for keyword in _FINITE_KEYWORDS:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            continue
+        for item in (value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]):
+            try:
+                number = float(item)
+            except (TypeError, ValueError):
+                continue  # non-numeric text: the rule that uses it reports or skips it
+            if not math.isfinite(number):
+                raise ImageReadError(f"{path}: {keyword} is {item}, not a finite number; fix the header "
+                                     "or export the image again")
 
 
 def _pixel_data_tag_in_file(path: Path) -> bool:

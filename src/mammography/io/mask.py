@@ -19,16 +19,48 @@ most ``max_work_side`` pixels (averaging also suppresses noise):
    label, a marker, a collimator edge) is dropped;
 5. holes are filled (dark fat enclosed by tissue is still breast);
 6. the mask is brought back to full resolution (nearest neighbour).
+
+:func:`read_mask_file` reads the mask files that come with a data set
+(expert regions, breast masks): regular files only, sizes checked from the
+header like mammograms, every failure one ImageReadError.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from scipy import ndimage
 
-from mammography.errors import ConfigError
+from mammography.errors import ConfigError, ImageReadError, printable
 
-__all__ = ["breast_mask", "otsu_threshold"]
+__all__ = ["breast_mask", "otsu_threshold", "read_mask_file"]
+
+
+def read_mask_file(path: str | Path, what: str = "mask") -> np.ndarray:
+    """A mask image (PNG, TIFF ...; nonzero = inside, as displayed) as a bool array.
+
+    Raises
+    ------
+    ImageReadError
+        Missing, not a regular file, implausible size, or not a readable image.
+    """
+    from PIL import Image
+
+    from mammography.io.files import require_regular_file
+    from mammography.io.mammogram import check_dimensions
+
+    require_regular_file(path, what, ImageReadError, "fix the path in the manifest or leave the column empty")
+    try:
+        with Image.open(path) as im:
+            check_dimensions(Path(path), im.height, im.width)
+            arr = np.asarray(im.convert("L"))
+    except ImageReadError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"cannot read the {what} {printable(path)} ({printable(exc)}); save it as an 8-bit "
+                             "PNG") from None
+    return arr > 0
 
 def breast_mask(pixels: np.ndarray, *, max_work_side: int = 512) -> np.ndarray:
     """Segment the breast in a mammogram with dense tissue bright.

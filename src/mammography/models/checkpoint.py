@@ -15,15 +15,24 @@ and from the earlier ``mammography-pipelines`` project, whose files may
   features, which this tool cannot reproduce.
 
 Every file is read with ``torch.load(..., weights_only=True)``: tensors, plain
-containers and numeric numpy scalars/arrays only. Anything that would need
-arbitrary unpickling (a pickled ``nn.Module``, custom classes, a crafted
-``__reduce__``) is refused before any of it runs.
+containers, numeric numpy scalars/arrays and ``pathlib`` paths (the earlier
+project's cross-validation checkpoints pickle one in ``config``) only.
+Before torch sees it, the file is scanned without running anything
+(:mod:`mammography.models.safe_pickle`): a file that references other
+classes or functions (a pickled ``nn.Module``, ``os.system``, a crafted
+``__reduce__``) is refused, naming what it references; so is one whose
+tensors would unpack to more than :data:`MAX_TENSOR_BYTES`, before any of it
+is allocated. Pickle protocols 1 to 5 (all that ``torch.load`` reads) are
+accepted. Loaded weights that are not
+finite, sparse, quantized or on the ``meta`` device are refused as well.
+Every refusal is one line; none suggests loading with ``weights_only=False``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import pickle
+import pathlib
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,10 +40,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from mammography.errors import CheckpointError
+from mammography.errors import CheckpointError, printable
+from mammography.io.files import require_regular_file
 from mammography.models.density import FEATURE_DIM, NUM_CLASSES, build_density_model
+from mammography.models.safe_pickle import (
+    REWRITTEN_OPCODES,
+    TORCH_OPCODES,
+    ScanError,
+    rebuild_with_protocol_2,
+    scan_checkpoint,
+)
 
 __all__ = [
+    "MAX_TENSOR_BYTES",
     "checkpoint_sha256",
     "load_backbone_weights",
     "load_checkpoint_state",
@@ -56,6 +74,15 @@ HEAD_WEIGHT = "classifier.1.weight"
 WRITER_HINT = "mammography train-density --save-best"
 #: how many key names an error message lists
 _LIST_LIMIT = 5
+#: bytes of the density model's float32 state_dict (EfficientNet-B0, 4 classes; checked by a test)
+MODEL_STATE_BYTES = 16_219_144
+#: most tensor bytes a checkpoint may unpack to: the model 16 times over (a training checkpoint holds
+#: the weights, optimizer moments and perhaps an EMA copy, possibly in float64); checked before allocation
+MAX_TENSOR_BYTES = 16 * MODEL_STATE_BYTES
+#: most bytes of object structure (the pickle without tensor data) a checkpoint may hold
+MAX_PICKLE_BYTES = 32 << 20
+#: the only non-tensor classes a checkpoint may name besides torch's own weights-only set
+_PATH_CLASSES = (pathlib.PurePosixPath, pathlib.PureWindowsPath, pathlib.PosixPath, pathlib.WindowsPath)
 
 
 def _numpy_safe_globals() -> list:
@@ -66,7 +93,8 @@ def _numpy_safe_globals() -> list:
     Allowing them cannot run code: they rebuild a value of a numeric dtype
     from bytes. Object dtypes are deliberately not allowed. Each function is
     also allowed under its numpy 1.x name (``numpy.core``), which pickles
-    written with numpy < 2 use.
+    written with numpy < 2 use. ``_frombuffer`` (protocol 5 arrays) fails on
+    an object dtype, so it too rebuilds numbers only.
     """
     core = getattr(np, "_core", None) or np.core  # numpy >= 2 renamed core to _core
     multiarray = core.multiarray
@@ -74,55 +102,116 @@ def _numpy_safe_globals() -> list:
     dtype_classes = sorted({type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}, key=str)
     allowed: list = [np.ndarray, np.dtype, *dtype_classes, *functions]
     allowed += [(f, f"numpy.core.multiarray.{f.__name__}") for f in functions]
+    # protocol 5 pickles arrays as frombuffer(bytes, dtype).reshape(shape): numeric dtypes only
+    allowed += [core.numeric._frombuffer, (core.numeric._frombuffer, "numpy.core.numeric._frombuffer")]
     return allowed
 
 
+def _path_safe_globals() -> list:
+    """``pathlib`` path classes under every name a pickle may give them.
+
+    A path of the other operating system's flavour (``WindowsPath`` on Linux)
+    cannot be instantiated, so it is read as its pure counterpart; Python
+    3.13 pickles name the classes in ``pathlib._local``.
+    """
+    pure = {"PosixPath": pathlib.PurePosixPath, "WindowsPath": pathlib.PureWindowsPath}
+    allowed: list = []
+    for cls in _PATH_CLASSES:
+        try:
+            cls()  # the concrete class of the other flavour raises here
+            target = cls
+        except (NotImplementedError, TypeError):
+            target = pure[cls.__name__]
+        allowed += [(target, f"pathlib.{cls.__name__}"), (target, f"pathlib._local.{cls.__name__}")]
+    return allowed
+
+
+def _safe_globals() -> list:
+    return _numpy_safe_globals() + _path_safe_globals()
+
+
+def _allowed_names() -> set[str]:
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    names = set(_get_allowed_globals())
+    for entry in _safe_globals():
+        if isinstance(entry, tuple):
+            names.add(entry[1])
+        else:
+            names.add(f"{entry.__module__}.{entry.__qualname__}")
+    return names
+
+
 def _require_file(path: Path) -> None:
-    """Raise :class:`CheckpointError` unless ``path`` is an existing file."""
+    """Raise :class:`CheckpointError` unless ``path`` is an existing regular file (before any read)."""
     if path.is_dir():
         raise CheckpointError(
-            f"{path} is a directory, not a checkpoint file: pass its best_model.pth "
+            f"{printable(path)} is a directory, not a checkpoint file: pass its best_model.pth "
             "(or load the run with mammography.runs.load_run)"
         )
-    if not path.exists():
-        raise CheckpointError(
-            f"{path} does not exist: a density checkpoint (best_model.pth) is written by `{WRITER_HINT}`"
-        )
+    require_regular_file(path, "checkpoint", CheckpointError,
+                         f"a density checkpoint (best_model.pth) is written by `{WRITER_HINT}`")
 
 
-def _unsafe_globals(path: Path) -> list[str]:
-    """Globals a pickle in ``path`` references beyond the weights-only set.
+def _unsafe(names: set[str]) -> list[str]:
+    """Referenced globals beyond weights; the model's own classes first, torch's building blocks last."""
+    return sorted(names - _allowed_names(), key=lambda n: (n.startswith("torch."), n))
 
-    Scans the pickle opcodes without executing them; returns ``[]`` when the
-    file cannot be scanned.
-    """
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        # the model's own classes say most about the file; torch's building blocks last; stable order
-        return sorted(set(names), key=lambda n: (n.startswith("torch."), n))
-    except Exception:  # noqa: BLE001 - scanning is only used to word the message
-        return []
+
+def _refuse_code(path: Path, names: list[str]) -> CheckpointError:
+    shown = ", ".join(printable(n) for n in names[:_LIST_LIMIT])
+    more = f" and {len(names) - _LIST_LIMIT} more" if len(names) > _LIST_LIMIT else ""
+    return CheckpointError(
+        f"{printable(path)} asks to run code when loaded: it references {shown}{more} (Python code, not "
+        f"weights); refusing to load it. Only plain weights are read: use a state_dict saved with "
+        f"torch.save(model.state_dict(), 'best_model.pth') (as `{WRITER_HINT}` writes)"
+    )
+
+
+def _torch_reason(exc: Exception) -> str:
+    """torch's error text without its advice lines, on one line."""
+    drop = ("weights_only", "re-running", "documentation", "file an issue", "https://", "in pytorch 2.6")
+    lines = [line.strip() for line in str(exc).splitlines()]
+    kept = [line for line in lines if line and not any(word in line.lower() for word in drop)]
+    text = printable(" ".join(kept)) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _torch_load_weights_only(path: Path) -> object:
-    """``torch.load`` restricted to weights; unsafe or unreadable files raise CheckpointError."""
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        names = _unsafe_globals(path)
-        if names or "Unsupported global" in str(exc) or "allowlisted" in str(exc):
-            shown = ", ".join(names[:_LIST_LIMIT]) if names else "objects other than tensors"
-            raise CheckpointError(
-                f"{path} needs arbitrary unpickling to load (it references {shown}), which could run code; "
-                "refusing. Re-save it as a plain state_dict: only if you trust its source, load it in Python "
-                "with torch.load(path, weights_only=False) and save model.state_dict() (or the dict's "
-                "'model_state' entry) with torch.save(..., 'best_model.pth')"
-            ) from None
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({exc}); re-save it with torch.save") from None
-    except Exception as exc:  # noqa: BLE001 - a corrupt pickle can fail in any way; nothing ran
+    """Scan, then ``torch.load`` restricted to weights; unsafe or unreadable files raise CheckpointError."""
+    size = path.stat().st_size
+    if size > MAX_TENSOR_BYTES + MAX_PICKLE_BYTES:
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc}); "
+            f"{printable(path)} is {size / 1e6:.0f} MB, far more than an EfficientNet-B0 checkpoint "
+            f"(about {MODEL_STATE_BYTES / 1e6:.0f} MB of weights); refusing to read it"
+        )
+    try:
+        scan = scan_checkpoint(path, max_pickle_bytes=MAX_PICKLE_BYTES, max_tensor_bytes=MAX_TENSOR_BYTES)
+    except ScanError as exc:
+        unsafe = _unsafe(exc.scan.globals) if exc.scan is not None else []
+        if unsafe:  # what it references matters more than where its structure broke
+            raise _refuse_code(path, unsafe) from None
+        raise CheckpointError(
+            f"{printable(path)} is not a readable PyTorch checkpoint ({printable(exc)}); "
+            f"it should be a state_dict saved with torch.save, as `{WRITER_HINT}` writes"
+        ) from None
+    except OSError as exc:
+        raise CheckpointError(f"{printable(path)} cannot be read ({exc.strerror or exc})") from None
+    unsafe = _unsafe(scan.globals)
+    if unsafe:
+        raise _refuse_code(path, unsafe)
+    # instructions torch's weights-only reader lacks (protocols 1, 3-5) are rewritten first
+    source = rebuild_with_protocol_2(path, scan) if scan.opcodes - TORCH_OPCODES else path
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about protocols and storages; we report ourselves
+            with torch.serialization.safe_globals(_safe_globals()):
+                return torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a corrupt pickle can fail in any way; nothing ran
+        unknown = sorted(scan.opcodes - TORCH_OPCODES - REWRITTEN_OPCODES)
+        reason = f"it uses pickle instructions {', '.join(unknown)}" if unknown else _torch_reason(exc)
+        raise CheckpointError(
+            f"{printable(path)} is not a readable PyTorch checkpoint ({reason}); "
             f"it should be a state_dict saved with torch.save, as `{WRITER_HINT}` writes"
         ) from None
 
@@ -142,14 +231,14 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     while not _is_state_dict(obj):
         if not isinstance(obj, Mapping) or seen > 4:
             raise CheckpointError(
-                f"{path} holds a {type(obj).__name__}, not a state_dict of tensors; "
+                f"{printable(path)} holds a {type(obj).__name__}, not a state_dict of tensors; "
                 f"save model.state_dict() with torch.save (as `{WRITER_HINT}` does)"
             )
         inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
-            keys = ", ".join(map(str, list(obj)[:8]))
+            keys = ", ".join(printable(k) for k in list(obj)[:8])
             raise CheckpointError(
-                f"{path} has no state_dict: expected tensors or one of the keys "
+                f"{printable(path)} has no state_dict: expected tensors or one of the keys "
                 f"{', '.join(WRAPPER_KEYS)}, found keys: {keys}"
             )
         obj = inner
@@ -191,8 +280,8 @@ def _merge_backbone(state: dict[str, torch.Tensor], path: Path) -> dict[str, tor
             differing.append(name)
     if differing:
         raise CheckpointError(
-            f"{path} holds two different copies of {len(differing)} weights (e.g. "
-            f"{', '.join(differing[:_LIST_LIMIT])} vs backbone.*); it is not a model this tool "
+            f"{printable(path)} holds two different copies of {len(differing)} weights (e.g. "
+            f"{', '.join(printable(k) for k in differing[:_LIST_LIMIT])} vs backbone.*); it is not a model this tool "
             "can load unambiguously"
         )
     return out
@@ -243,13 +332,42 @@ def load_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
     Raises
     ------
     CheckpointError
-        Missing file; a file that needs arbitrary unpickling (refused: loading
-        is always ``weights_only=True``, so nothing in it runs); an unreadable
-        file; no state_dict inside.
+        Missing or non-regular file; a file that references classes or
+        functions beyond weights (refused before loading: nothing in it
+        runs); one that claims more tensor bytes than
+        :data:`MAX_TENSOR_BYTES`; an unreadable file; no state_dict inside;
+        weights that are not finite, dense, unquantized CPU-loadable tensors.
     """
     path = Path(path)
     _require_file(path)
-    return normalise_state_dict(_torch_load_weights_only(path), path)
+    state = normalise_state_dict(_torch_load_weights_only(path), path)
+    _check_tensors(state, path)
+    return state
+
+
+def _tensor_problem(tensor: torch.Tensor) -> str | None:
+    if tensor.layout != torch.strided:
+        return f"is a sparse tensor ({str(tensor.layout).replace('torch.', '')})"
+    if tensor.is_meta:
+        return "has no data (a meta tensor)"
+    if tensor.is_quantized:
+        return f"is quantized ({str(tensor.dtype).replace('torch.', '')})"
+    if tensor.is_complex():
+        return "is complex-valued"
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        return "holds NaN or infinite values"
+    return None
+
+
+def _check_tensors(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights no trained model has: sparse, meta, quantized, complex or non-finite tensors."""
+    for key, tensor in state.items():
+        problem = _tensor_problem(tensor)
+        if problem is not None:
+            raise CheckpointError(
+                f"{printable(path)}: weight {printable(key)} {problem}; a trained density model has dense, finite "
+                f"float weights (the file is damaged, or not what `{WRITER_HINT}` writes)"
+            )
 
 
 def _head_problem(state: Mapping[str, torch.Tensor], num_classes: int, path: Path) -> str | None:
@@ -261,15 +379,15 @@ def _head_problem(state: Mapping[str, torch.Tensor], num_classes: int, path: Pat
     if in_features > FEATURE_DIM:
         extra = in_features - FEATURE_DIM
         return (
-            f"{path} is a fused model: its head {HEAD_WEIGHT} takes {in_features} inputs, "
+            f"{printable(path)} is a fused model: its head {HEAD_WEIGHT} takes {in_features} inputs, "
             f"i.e. the {FEATURE_DIM} image features plus {extra} extra embedding dims; this tool "
             f"builds the image-only EfficientNet-B0 and cannot load it. Use an image-only run "
             f"(trained with `{WRITER_HINT}`)"
         )
     if in_features != FEATURE_DIM:
-        return f"{path}: head {HEAD_WEIGHT} takes {in_features} inputs, expected {FEATURE_DIM} (EfficientNet-B0)"
+        return f"{printable(path)}: head {HEAD_WEIGHT} takes {in_features} inputs, expected {FEATURE_DIM} (EfficientNet-B0)"
     if out_features != num_classes:
-        return f"{path}: head {HEAD_WEIGHT} predicts {out_features} classes, expected {num_classes}"
+        return f"{printable(path)}: head {HEAD_WEIGHT} predicts {out_features} classes, expected {num_classes}"
     return None
 
 
@@ -288,7 +406,7 @@ def _key_mismatches(model: nn.Module, state: Mapping[str, torch.Tensor], prefix:
     for label, names in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
         if names:
             more = f" (+{len(names) - _LIST_LIMIT} more)" if len(names) > _LIST_LIMIT else ""
-            problems.append(f"{len(names)} {label}: {', '.join(names[:_LIST_LIMIT])}{more}")
+            problems.append(f"{len(names)} {label}: {', '.join(printable(n) for n in names[:_LIST_LIMIT])}{more}")
     return problems
 
 
@@ -326,7 +444,7 @@ def load_state_into(
     problems = _key_mismatches(model, state)
     if problems:
         raise CheckpointError(
-            f"{path} does not fit the EfficientNet-B0 density model: {'; '.join(problems)}"
+            f"{printable(path)} does not fit the EfficientNet-B0 density model: {'; '.join(problems)}"
         )
     model.load_state_dict(dict(state), strict=True)
     return model
@@ -392,12 +510,12 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> nn.Module:
     features = {k: v for k, v in state.items() if k.startswith("features.")}
     if not features:
         raise CheckpointError(
-            f"{path} has no features.* weights; --pretrained-weights expects an EfficientNet-B0 "
+            f"{printable(path)} has no features.* weights; --pretrained-weights expects an EfficientNet-B0 "
             "state_dict (e.g. torchvision's ImageNet weights saved with torch.save(model.state_dict()))"
         )
     problems = _key_mismatches(model, features, prefix="features.")
     if problems:
-        raise CheckpointError(f"{path} does not fit EfficientNet-B0's features: {'; '.join(problems)}")
+        raise CheckpointError(f"{printable(path)} does not fit EfficientNet-B0's features: {'; '.join(problems)}")
     model.features.load_state_dict({k[len("features.") :]: v for k, v in features.items()}, strict=True)
     return model
 

@@ -2,7 +2,6 @@
 
 Modules (lower ones know nothing of the upper ones)::
 
-    files      atomic writes, SHA-256, all-or-nothing FileBatch
     overlay    colour a heatmap, blend it on a mammogram, undo the model-space fit
     figures    class-grid and layer-wise figures (300 dpi, one column wide)
     tables     metric tables with mean ± sd
@@ -35,7 +34,6 @@ _EXPORTS = {
     "layer_grid_figure": "mammography.report.figures",
     "figure_png_bytes": "mammography.report.figures",
     "replace_marked_block": "mammography.report.markdown",
-    "FileBatch": "mammography.report.files",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -363,15 +363,28 @@ def write_analysis_report(
     n_spurious: int = 4,
     colormap: str = "jet",
     alpha: float = 0.4,
+    journal=None,
+    with_analysis: bool = False,
 ) -> list:
     """Write :func:`analysis_report_files` of an :class:`~mammography.analysis.run_analysis.AnalyzeResult`
-    into ``result.out_dir`` (each file atomically); the paths are returned and appended to ``result.written``."""
-    from mammography.report.files import atomic_write_bytes
+    into ``result.out_dir``; the paths are returned and appended to ``result.written``.
+
+    With ``with_analysis`` the analysis files themselves (``result.files()``,
+    from ``analyze_runs(..., write=False)``) are written in the same
+    all-or-nothing commit; ``journal`` is the commit journal of the output
+    folder's :class:`~mammography.atomic.OutputLock`, which the caller holds.
+    """
+    from mammography.atomic import FileBatch
 
     files, _ = analysis_report_files(
         result.analyses, result.consistency, result.labels, figures=figures, n_consistency=n_consistency,
         n_spurious=n_spurious, colormap=colormap, alpha=alpha,
     )
-    written = [atomic_write_bytes(result.out_dir / name, data) for name, data in files.items()]
+    batch = FileBatch()
+    for path, data in (result.files() if with_analysis else {}).items():
+        batch.add(path, data)
+    for name, data in files.items():
+        batch.add(result.out_dir / name, data)
+    written = batch.commit(journal)
     result.written.extend(written)
     return written

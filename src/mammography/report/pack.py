@@ -28,7 +28,7 @@ consistency, spurious attention, localisation, patterns, optionally
 faithfulness. Then it renders the LaTeX section and the Markdown block, writes
 ``report_manifest.json`` (every output with its SHA-256, the source run,
 checkpoint hash, seed, git commit, tool version and parameters) and commits
-all files at once (:class:`~mammography.report.files.FileBatch`). Figures the
+all files at once (:class:`~mammography.atomic.FileBatch`). Figures the
 previous pack in the same assets folder listed in its manifest but this pack
 no longer makes (a dropped run, fewer examples) are removed. Input run
 directories are only read.
@@ -64,11 +64,12 @@ import torch
 
 from mammography import __version__
 from mammography.analysis.selection import ClassSelection, describe_strategy, select_per_class
+from mammography.atomic import FileBatch, OutputLock
 from mammography.errors import ConfigError, RunError
+from mammography.limits import MAX_BATCH_SIZE, check_int
 from mammography.report.content import CVEntry, FigureRef, ReportContent, SeedEntry
 from mammography.report.figures import COLUMN_WIDTH_IN, FigureLayout, GridRow, class_grid_figure, figure_png_bytes
 from mammography.report.figures import layer_grid_figure
-from mammography.report.files import FileBatch
 from mammography.report.latex import default_article_dir, render_latex
 from mammography.report.markdown import render_markdown_block, update_markdown
 from mammography.report.overlay import DisplayTile, get_colormap, png_bytes
@@ -110,6 +111,8 @@ METHOD_LABELS = {
 }
 #: files a pack writes into the assets folder (a later pack removes the ones it no longer makes)
 _ASSET_SUFFIXES = (".png", ".csv", ".json", ".npz")
+#: most examples per class a figure can hold legibly
+MAX_PER_CLASS = 32
 #: how many disagreeing image paths the manifest lists
 LIST_DISAGREEING = 50
 
@@ -181,8 +184,10 @@ class ReportOptions:
         from mammography.analysis.selection import STRATEGIES
         from mammography.cam import FUSE_METHODS
 
-        if self.per_class < 1:
-            raise ConfigError(f"--per-class must be at least 1, got {self.per_class}")
+        if not 1 <= self.per_class <= MAX_PER_CLASS:
+            raise ConfigError(f"--per-class must be 1..{MAX_PER_CLASS}, got {self.per_class}")
+        if os.path.abspath(self.tex) == os.path.abspath(self.markdown):
+            raise ConfigError(f"--tex and --markdown both name {self.tex}; give two different files")
         if self.select not in STRATEGIES:
             raise ConfigError(f"--select must be one of {', '.join(STRATEGIES)}, got {self.select!r}")
         canonical_method(self.method)  # raises ConfigError for an unknown method
@@ -192,8 +197,7 @@ class ReportOptions:
             raise ConfigError("--layers needs at least one layer name (e.g. features.8)")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"--alpha must be between 0 and 1, got {self.alpha}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        check_int(self.batch_size, "--batch-size", 1, MAX_BATCH_SIZE)
         if not self.prob_tolerance >= 0:
             raise ConfigError(f"the probability tolerance must be >= 0, got {self.prob_tolerance}")
         if self.roi_dir is not None and not Path(self.roi_dir).is_dir():
@@ -670,12 +674,17 @@ def _load_inputs(run_specs, cv_specs, outputs_root):
 
 def _previous_assets(assets_dir: Path) -> list[Path]:
     """Files the previous pack in ``assets_dir`` listed (to remove the ones no longer produced)."""
+    from mammography.errors import MammographyError
+    from mammography.io.files import read_json_file
+
     manifest = assets_dir / MANIFEST_NAME
     if not manifest.is_file():
         return []
     try:
-        entries = json.loads(manifest.read_text(encoding="utf-8")).get("assets", [])
-    except (OSError, ValueError, AttributeError):
+        entries = read_json_file(manifest, "report manifest", RunError).get("assets", [])
+    except (MammographyError, AttributeError):
+        return []
+    if not isinstance(entries, list):
         return []
     root = Path(os.path.abspath(assets_dir))
     out = []
@@ -725,7 +734,17 @@ def report_pack(
     options = options or ReportOptions()
     options.validate()
     command = options.command or command_line(runs, cv_runs, options)
-    seed_runs, cvs = _load_inputs(runs, cv_runs, Path(outputs_root))
+    assets_dir = Path(os.path.abspath(options.assets_dir))
+    tex_path = Path(os.path.abspath(options.tex))
+    md_path = Path(os.path.abspath(options.markdown))
+    # taken before any expensive work: checks the outputs can be written, repairs an interrupted pack
+    with OutputLock(folders=[assets_dir], files=[tex_path, md_path], command="mammography report-pack") as lock:
+        return _report_pack(runs, cv_runs, options, command, Path(outputs_root), lock)
+
+
+def _report_pack(runs, cv_runs, options: ReportOptions, command: str, outputs_root: Path,
+                 lock: OutputLock) -> ReportResult:
+    seed_runs, cvs = _load_inputs(runs, cv_runs, outputs_root)
     device = _device(options.device)
 
     # 1. recompute everything (the expensive part), check before drawing anything
@@ -787,8 +806,8 @@ def report_pack(
     for stale in _previous_assets(assets_dir):
         pack.batch.remove(stale, prune_up_to=assets_dir)
 
-    # 3. all files at once
-    written = pack.batch.commit()
+    # 3. all files at once, through the journal (report_manifest.json last)
+    written = pack.batch.commit(lock.journal(assets_dir))
     return ReportResult(written=tuple(written), assets_dir=assets_dir, tex=tex_path, markdown=md_path,
                         manifest=manifest_path, checks=tuple(checks), layouts=pack.layouts, selections=selections,
                         attention_summary=attention.sentences if attention is not None else (),

@@ -44,7 +44,6 @@ import json
 import logging
 import math
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +51,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from mammography.atomic import write_atomic
+from mammography.csvfiles import csv_bytes
 from mammography.errors import ConfigError
 from mammography.synth.phantom import Phantom, TARGET_FRACTION_RANGES, make_phantom
 
@@ -246,7 +247,7 @@ def generate_dataset(
 
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     manifest_path = out_dir / "manifest.csv"
-    _atomic_write(manifest_path, manifest.to_csv(index=False, lineterminator="\n").encode())
+    _atomic_write(manifest_path, csv_bytes(manifest))
     info = _summary(plans, manifest, seed, shape, mix, shortcut, val_frac, compressed, can_compress)
     _atomic_write(out_dir / "synth.json", (json.dumps(info, indent=2) + "\n").encode())
     return manifest_path
@@ -592,15 +593,8 @@ def _write_png(path: Path, mask: np.ndarray) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file next to `path`, then rename over it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as fh:  # plain open: permissions follow the umask
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically (phantoms are cheap to redraw: no fsync)."""
+    write_atomic(path, data, durable=False)
 
 
 def _manifest_row(plan: _ImagePlan, phantom: Phantom, image: Path, dense: Path, breast: Path) -> dict:

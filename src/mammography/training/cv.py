@@ -38,7 +38,14 @@ from scipy import stats
 from mammography.data.splits import kfold_patients, split_table
 from mammography.training.metrics import SCALAR_METRICS
 from mammography.training.reproducibility import collect_reproducibility
-from mammography.training.rundir import RUN_FILES, next_run_dir, write_csv, write_json
+from mammography.training.rundir import (
+    RUN_FILES,
+    discard_staging,
+    publish_run_dir,
+    staging_run_dir,
+    write_csv,
+    write_json,
+)
 from mammography.training.train import TrainConfig, load_training_manifest, resolve_device, train_on_split
 
 __all__ = ["DEFAULT_CV_OUTDIR", "cross_validate", "summarise_folds"]
@@ -104,7 +111,18 @@ def cross_validate(config: TrainConfig, folds: int = 5) -> Path:
     df = load_training_manifest(config)
     assignment = kfold_patients(df, k=folds, seed=config.seed)
     resolve_device(config.device)  # fail before creating folders
-    root = next_run_dir(config.outdir, base=f"results_k{int(folds)}_seed{int(config.seed)}")
+    base = f"results_k{int(folds)}_seed{int(config.seed)}"
+    # the whole cross-validation is written in a temporary folder, named when every fold is done
+    root = staging_run_dir(config.outdir, base=base)
+    try:
+        _cross_validate(config, folds, df, assignment, root)
+        return publish_run_dir(root, base=base)
+    except BaseException:
+        discard_staging(root)
+        raise
+
+
+def _cross_validate(config: TrainConfig, folds: int, df: pd.DataFrame, assignment: pd.Series, root: Path) -> None:
     write_csv(root / "cv_split.csv", split_table(df, assignment))
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     fold_records = []
@@ -118,7 +136,7 @@ def cross_validate(config: TrainConfig, folds: int = 5) -> Path:
             split,
             config,
             run_dir,
-            extra_summary={"fold": fold, "folds": int(folds), "cv_root": str(root.resolve())},
+            extra_summary={"fold": fold, "folds": int(folds), "cv_root": "../.."},  # relative: the root is renamed
         )
         summary = json.loads((run_dir / RUN_FILES["summary"]).read_text())
         metrics = json.loads((run_dir / RUN_FILES["metrics"]).read_text())
@@ -153,4 +171,3 @@ def cross_validate(config: TrainConfig, folds: int = 5) -> Path:
         "reproducibility": collect_reproducibility(config.command_line),
     }
     write_json(root / "cv_summary.json", cv_summary)
-    return root

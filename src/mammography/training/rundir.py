@@ -10,9 +10,12 @@ A training run directory holds (see DESIGN section 2)::
     train_history.png         plot of train_history.csv
     split.csv                 image_path, patient_id, split (train/val)
 
-Every file is written to a temporary file in the same folder first and then
-moved into place with :func:`os.replace`, so a reader never sees half a file
-and an interrupted run leaves no truncated file behind.
+A run is trained in a temporary folder beside its final place
+(:func:`staging_run_dir`) and gets its name (``results``, ``results_1`` ...)
+only when every file is written (:func:`publish_run_dir`): an interrupted or
+failed training leaves no half-written run, and the next training removes
+the temporary folders of killed ones. Each file is written atomically too
+(:func:`mammography.atomic.write_atomic`).
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
+import shutil
 from pathlib import Path
-from typing import Callable
-
 import pandas as pd
 import torch
 
+from mammography.atomic import OutputLock, describe_os_error, temp_path, write_atomic
+from mammography.csvfiles import csv_bytes
 from mammography.errors import RunError
 
 __all__ = [
@@ -34,7 +37,9 @@ __all__ = [
     "PREDICTION_COLUMNS",
     "HISTORY_COLUMNS",
     "next_run_dir",
-    "atomic_write",
+    "staging_run_dir",
+    "publish_run_dir",
+    "discard_staging",
     "write_json",
     "write_csv",
     "save_state_dict",
@@ -85,6 +90,15 @@ HISTORY_COLUMNS = (
 )
 
 
+def _free_name(outdir: Path, base: str, number: int | None = None) -> tuple[Path, int]:
+    """The next free ``base``/``base_N`` in ``outdir`` (one past the highest, so deleted runs are not reused)."""
+    if number is None:
+        pattern = re.compile(rf"^{re.escape(base)}(?:_(\d+))?$")
+        taken = [int(m.group(1) or 0) for entry in outdir.iterdir() if (m := pattern.match(entry.name))]
+        number = max(taken) + 1 if taken else 0
+    return outdir / (base if number == 0 else f"{base}_{number}"), number
+
+
 def next_run_dir(outdir: str | Path, base: str = "results") -> Path:
     """Create and return the next free run folder ``base``, ``base_1``, ``base_2`` ...
 
@@ -95,57 +109,76 @@ def next_run_dir(outdir: str | Path, base: str = "results") -> Path:
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    pattern = re.compile(rf"^{re.escape(base)}(?:_(\d+))?$")
-    taken = [
-        int(m.group(1) or 0)
-        for entry in outdir.iterdir()
-        if (m := pattern.match(entry.name))
-    ]
-    number = max(taken) + 1 if taken else 0
+    candidate, number = _free_name(outdir, base)
     while True:
-        candidate = outdir / (base if number == 0 else f"{base}_{number}")
         try:
             candidate.mkdir()
             return candidate
         except FileExistsError:  # another run took it in between
-            number += 1
+            candidate, number = _free_name(outdir, base, number + 1)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then move it into place.
+def staging_run_dir(outdir: str | Path, base: str = "results") -> Path:
+    """Create an empty temporary folder in ``outdir`` to write a run into (see the module docstring).
 
-    ``write`` must create the file at ``tmp_path``. The temporary file is
-    removed if ``write`` fails.
+    Creating it checks that ``outdir`` can be written before any training;
+    temporary run folders of killed trainings are removed first.
+
+    Raises
+    ------
+    OutputError
+        ``outdir`` cannot be created or written (one line).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a fresh unique name (not mkstemp) so the file gets the usual umask
-    # permissions instead of mkstemp's owner-only 0600
-    tmp_path = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    return path
+    outdir = Path(outdir)
+    with OutputLock(folders=[outdir], wait=60, command="mammography training"):
+        staging = temp_path(outdir / base)
+        try:
+            staging.mkdir()
+        except OSError as exc:
+            raise describe_os_error(exc, outdir, "write to") from None
+    return staging
+
+
+def publish_run_dir(staging: str | Path, base: str = "results") -> Path:
+    """Give a finished staging folder its name: the next free ``base``, ``base_1`` ... beside it.
+
+    Names are chosen under the folder's :class:`~mammography.atomic.OutputLock`
+    (waiting for another run that publishes at the same moment), so two
+    trainings never get one name.
+    """
+    staging = Path(staging)
+    outdir = staging.parent
+    with OutputLock(folders=[outdir], wait=600, command="mammography training"):
+        candidate, number = _free_name(outdir, base)
+        while candidate.exists():  # a folder made by next_run_dir meanwhile
+            candidate, number = _free_name(outdir, base, number + 1)
+        try:
+            os.rename(staging, candidate)
+        except OSError as exc:
+            raise describe_os_error(exc, candidate, "create") from None
+    return candidate
+
+
+def discard_staging(staging: str | Path) -> None:
+    """Remove a staging folder after a failed or interrupted training."""
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_json(path: str | Path, obj) -> Path:
     """Write ``obj`` as indented UTF-8 JSON (NaN is refused: use ``None``)."""
     text = json.dumps(obj, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return write_atomic(path, text)
 
 
 def write_csv(path: str | Path, table: pd.DataFrame) -> Path:
-    """Write ``table`` without its index (floats with full precision)."""
-    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+    """Write ``table`` without its index (floats with full precision; text cells spreadsheet-safe)."""
+    return write_atomic(path, csv_bytes(table))
 
 
 def save_state_dict(path: str | Path, state_dict: dict) -> Path:
     """``torch.save`` a plain state_dict (CPU, contiguous tensors) atomically."""
     plain = {key: value.detach().to("cpu").contiguous() for key, value in state_dict.items()}
-    return atomic_write(path, lambda tmp: torch.save(plain, tmp))
+    return write_atomic(path, lambda handle: torch.save(plain, handle))
 
 
 def plot_history(history: pd.DataFrame, path: str | Path, best_epoch: int | None = None) -> Path:
@@ -171,7 +204,7 @@ def plot_history(history: pd.DataFrame, path: str | Path, best_epoch: int | None
     ax_metric.legend(fontsize="small")
     for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    return write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
 
 
 def write_history(run_dir: str | Path, history: list[dict], best_epoch: int | None = None) -> Path:

@@ -52,14 +52,17 @@ from mammography.data.dataset import MammogramDataset, default_cache_dir
 from mammography.data.preprocess import Preprocessing
 from mammography.data.splits import check_no_patient_overlap, patient_groups, split_patients, split_table
 from mammography.errors import ConfigError, ManifestError
+from mammography.limits import MAX_BATCH_SIZE, check_float, check_img_size, check_int
 from mammography.models import build_density_model
 from mammography.training.metrics import LABELS, compute_metrics
 from mammography.training.reproducibility import collect_reproducibility, seed_worker, seeded
 from mammography.training.rundir import (
     RUN_FILES,
-    next_run_dir,
+    discard_staging,
     prediction_table,
+    publish_run_dir,
     save_state_dict,
+    staging_run_dir,
     write_csv,
     write_history,
     write_json,
@@ -133,12 +136,11 @@ class TrainConfig:
         """Raise :class:`ConfigError` for values that cannot work."""
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        check_int(self.batch_size, "--batch-size", 1, MAX_BATCH_SIZE)
+        check_img_size(self.img_size, "--img-size")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        check_float(self.weight_decay, "--weight-decay", 0.0)
         if self.num_workers < 0:
             raise ConfigError(f"--num-workers must be >= 0, got {self.num_workers}")
         if self.limit is not None and self.limit < 2:
@@ -551,6 +553,14 @@ def train_density(config: TrainConfig) -> Path:
         split_seed = config.seed if config.split_seed is None else config.split_seed
         split = split_patients(df, val_frac=config.val_frac, seed=split_seed)
     resolve_device(config.device)  # fail before creating the run folder
-    run_dir = next_run_dir(config.outdir)
-    log.info("training run %s: %d train / %d val images", run_dir, int((split == "train").sum()), int((split == "val").sum()))
-    return train_on_split(df, split, config, run_dir)
+    # written in a temporary folder (checks OUTDIR is writable now), named results/results_N when complete
+    staging = staging_run_dir(config.outdir)
+    log.info("training in %s: %d train / %d val images", staging, int((split == "train").sum()), int((split == "val").sum()))
+    try:
+        train_on_split(df, split, config, staging)
+        run_dir = publish_run_dir(staging)
+    except BaseException:
+        discard_staging(staging)
+        raise
+    log.info("wrote the run %s", run_dir)
+    return run_dir

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mammography.errors import ConfigError, ImageReadError
+from mammography.errors import ConfigError
 from mammography.web.site import SeedResult, SiteImage, SiteLayer, SiteSeed, SiteSummary, build_site
 
 __all__ = [
@@ -219,16 +219,9 @@ def _read_mask(path) -> np.ndarray | None:
     """A mask image (PNG/TIFF, nonzero = in) as bool, or None when the cell is empty."""
     if path is None or (isinstance(path, float) and np.isnan(path)) or str(path).strip() == "":
         return None
-    from PIL import Image
+    from mammography.io.mask import read_mask_file
 
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    except (OSError, ValueError) as exc:
-        raise ImageReadError(f"cannot read the mask {path} ({exc}); fix or remove it from the manifest") from exc
-    if arr.ndim == 3:
-        arr = arr[..., 0]
-    return arr > 0
+    return read_mask_file(path, "mask")
 
 
 # ---------------------------------------------------------------------------
@@ -343,7 +336,7 @@ def iter_site_images(
     cache_dir: str | Path | None = None,
     seeds: Sequence[SiteSeed] | None = None,
     progress: bool = False,
-    sweeps: Sequence | None = None,
+    sweeps=None,
 ) -> Iterator[SiteImage]:
     """Yield one :class:`SiteImage` per validation image of any of ``runs``.
 
@@ -391,6 +384,8 @@ def iter_site_images(
     if sweeps is None:
         sweeps = sweep_runs(runs, layers, method, device=device, batch_size=batch_size, cache_dir=cache_dir,
                             progress=progress)
+    elif callable(sweeps):  # computed on first use: after the site's output folder was checked and locked
+        sweeps = sweeps()
     sweeps = {id(ri): sweep for ri, sweep in zip(run_images, sweeps)}
     checks = [ri.run.check_predictions(sweeps[id(ri)].probs) for ri in run_images]
 
@@ -474,14 +469,24 @@ def build_explorer(
     -------
     SiteSummary (``.index`` is the page to open).
     """
+    from mammography.limits import MAX_BATCH_SIZE, check_int
+
+    check_int(batch_size, "--batch-size", 1, MAX_BATCH_SIZE)
     layers = resolve_layer_names(layers)
     run_list = load_runs(runs, outputs_root=outputs_root)
     for run in run_list:
         for note in run.notes:
             log.warning("%s", note)
-    sweeps = sweep_runs(run_list, layers, method, device=device, batch_size=batch_size, cache_dir=cache_dir,
-                        progress=progress)
-    seeds = seed_columns(run_list, sweeps)
+    memo: list = []
+
+    def sweeps() -> list:
+        """One sweep per run, computed once, when the first image is asked for."""
+        if not memo:
+            memo.append(sweep_runs(run_list, layers, method, device=device, batch_size=batch_size,
+                                   cache_dir=cache_dir, progress=progress))
+        return memo[0]
+
+    seeds = seed_columns(run_list)
     n = len({str(p) for r in run_list for p in r.predictions["image_path"]})
     subtitle = (
         f"{n} validation images, {len(run_list)} run{'s' if len(run_list) != 1 else ''}; "
@@ -497,4 +502,5 @@ def build_explorer(
         subtitle=subtitle,
         n_images=n,
         progress=progress,
+        final_seeds=lambda: seed_columns(run_list, sweeps()),
     )

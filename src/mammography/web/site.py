@@ -38,9 +38,8 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -49,6 +48,7 @@ import numpy as np
 from PIL import Image
 
 from mammography import __version__
+from mammography.atomic import OutputLock, describe_os_error, replace_tree, temp_path
 from mammography.errors import ConfigError
 from mammography.io.geometry import Geometry
 
@@ -408,21 +408,12 @@ def _prepare_out_dir(out_dir: Path) -> Path:
                 f"{out_dir} is not empty and was not written by 'mammography explore'; "
                 "choose an empty or new folder for the site"
             )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``tmp`` (renames in the same folder: never a half-written site)."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    tmp = temp_path(out_dir)
+    try:
+        tmp.mkdir(mode=0o755)
+    except OSError as exc:
+        raise describe_os_error(exc, out_dir) from None
+    return tmp
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -543,6 +534,7 @@ def build_site(
     jpeg_quality: int = 85,
     n_images: int | None = None,
     progress: bool = False,
+    final_seeds: Callable[[], Sequence[SiteSeed]] | None = None,
 ) -> SiteSummary:
     """Write the explorer site for ``images`` into ``out_dir`` (replaced whole, atomically).
 
@@ -561,6 +553,9 @@ def build_site(
     jpeg_quality : JPEG quality of both.
     n_images : number of images when ``images`` is a generator (progress bar).
     progress : show a tqdm progress bar.
+    final_seeds : called once the images are written, for the header's seeds
+        (same keys and order as ``seeds``) when their metrics are known only
+        after the images were computed.
 
     Returns
     -------
@@ -569,11 +564,24 @@ def build_site(
     seeds, layers = list(seeds), list(layers)
     _check_inputs(seeds, layers)
     out_dir = Path(os.path.abspath(out_dir))  # "." or "site/.." name a real folder and its parent
+    # locked (and checked writable) before the first image's maps are computed
+    with OutputLock(trees=[out_dir], command="mammography explore") as lock:
+        return _build_site(out_dir, images, seeds, layers, title, subtitle, display_height, thumb_height,
+                           jpeg_quality, n_images, progress, lock.journal(out_dir), final_seeds)
+
+
+def _build_site(out_dir, images, seeds, layers, title, subtitle, display_height, thumb_height, jpeg_quality,
+                n_images, progress, journal, final_seeds=None) -> SiteSummary:
     tmp = _prepare_out_dir(out_dir)
     try:
         records = _write_images(tmp, images, seeds, layers, display_height, thumb_height, jpeg_quality, n_images, progress)
         if not records:
             raise ConfigError("the explorer got no images; check that the runs have validation predictions")
+        if final_seeds is not None:
+            final = list(final_seeds())
+            if [x.key for x in final] != [x.key for x in seeds]:
+                raise ConfigError("the explorer's final seed columns differ from the ones its images were written with")
+            seeds = final
         site = {
             "format": SITE_FORMAT,
             "generator": f"mammography {__version__}",
@@ -607,8 +615,11 @@ def build_site(
         }
         _write_text(tmp / SITE_MARKER, json.dumps(info, indent=2) + "\n")
         info["bytes"] += (tmp / SITE_MARKER).stat().st_size
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a served/shared site must be readable
-        _swap_into_place(tmp, out_dir)
+        os.chmod(tmp, 0o755)  # a served/shared site must be readable whatever the umask
+        replace_tree(tmp, out_dir, journal)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise describe_os_error(exc, out_dir) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
