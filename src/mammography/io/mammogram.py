@@ -5,8 +5,8 @@ pixels in [0, 1] with dense tissue bright, plus the acquisition facts later
 layers need (pixel spacing, laterality, view). :func:`read_mammogram` looks at
 a file's first bytes (not only its name) to pick the DICOM or raster reader.
 
-This module also holds the checks and the intensity rule that both readers
-share: the image-size limits and the robust-percentile window.
+This module also holds the checks and the intensity rules that both readers
+share: the image-size limits and the robust-percentile windows.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ __all__ = [
     "sniff_format",
     "check_dimensions",
     "window_percentiles",
+    "window_breast_percentiles",
     "MIN_SIDE",
     "MAX_SIDE",
     "MAX_PIXELS",
@@ -61,10 +62,16 @@ class Mammogram:
         (row, column) spacing in mm from DICOM PixelSpacing, else
         ImagerPixelSpacing; None when unknown (always for rasters).
     laterality : {'L', 'R'} or None
-        DICOM ImageLaterality, else Laterality; None when absent or another
-        value ('B', 'U'); always None for rasters.
-    view : {'CC', 'MLO'} or None
-        DICOM ViewPosition; None when absent, another view, or a raster.
+        What the file says, first found of: DICOM ImageLaterality, the
+        series' Laterality, tokens of the PatientID (``..._RIGHT_MLO``), of
+        the file name, of its folders' names (``LEFT``/``RIGHT``, or
+        ``L``/``R`` with a view: ``L_CC``, ``RMLO``); None when nothing says
+        it (:func:`mammography.io.resolve_laterality` adds the manifest and
+        the image itself).
+    view : {'CC', 'MLO', 'ML', 'LM'} or None
+        Likewise: DICOM ViewPosition, a PatientOrientation that literally
+        holds a view (digitised-film archives misuse it so), then PatientID,
+        file and folder name tokens.
     photometric_interpretation : str
         As stored: 'MONOCHROME1' (inverted on reading), 'MONOCHROME2', or for
         rasters 'MONOCHROME2' / 'MONOCHROME1' (TIFF min-is-white) / 'RGB'
@@ -73,10 +80,15 @@ class Mammogram:
         The file that was read.
     intensity_rule : str
         How stored values became [0, 1]: 'voi_lut' (DICOM VOI LUT Sequence),
-        'window' (Window Center/Width), 'percentiles' (robust 0.5/99.5
-        percentiles), 'bit_depth' (raster divided by its bit-depth maximum)
-        or 'range' (float raster scaled by its own min/max, or kept when
-        already in [0, 1]).
+        'window' (Window Center/Width), 'breast_percentiles' (no window in
+        the file: :func:`window_breast_percentiles`), 'bit_depth' (raster
+        divided by its bit-depth maximum) or 'range' (float raster scaled by
+        its own min/max, or kept when already in [0, 1]).
+    laterality_source, view_source : str or None
+        Where ``laterality`` / ``view`` came from: 'ImageLaterality',
+        'Laterality', 'ViewPosition', 'PatientOrientation', 'PatientID',
+        'file name', 'folder name' (and, once resolved, 'manifest' or
+        'image'); None when the value is None.
     """
 
     pixels: np.ndarray
@@ -87,6 +99,8 @@ class Mammogram:
     photometric_interpretation: str
     path: Path
     intensity_rule: str = ""
+    laterality_source: str | None = None
+    view_source: str | None = None
 
 
 def read_mammogram(path: str | Path) -> Mammogram:
@@ -215,3 +229,57 @@ def window_percentiles(values: np.ndarray, percentiles: tuple[float, float] = PE
         return np.zeros(values.shape, dtype=np.float32)
     out = (out - np.float32(lo)) / np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+def window_breast_percentiles(
+    values: np.ndarray, percentiles: tuple[float, float] = PERCENTILES, *, monochrome1: bool = False
+) -> tuple[np.ndarray, str]:
+    """Map values to [0, 1]: low percentile of the image, high percentile *inside the breast*.
+
+    The rule for files that carry no display window. A window from the
+    whole image's percentiles depends on how much background, film edge and
+    label the image holds: on a digitised film (half of it background, with
+    bright strips and labels about as bright as the densest tissue) its high
+    end lands inside the breast's range and saturates up to a few percent of
+    the breast, exactly the densest tissue. Here the breast is segmented on
+    the whole-image window first (:func:`mammography.io.mask.breast_mask`,
+    which leaves film-edge strips and labels out), then the high percentile
+    is taken over the breast's pixels alone, so at most ``100 - high`` percent
+    of the breast saturates; the low percentile stays the image's (the
+    background stays black and the faint periphery above it).
+
+    Parameters
+    ----------
+    values : 2-D array of any real dtype.
+    percentiles : (low, high) in 0..100.
+    monochrome1 : the values show dense tissue dark (DICOM MONOCHROME1, TIFF
+        min-is-white; the caller inverts the result): the breast is found in
+        the inverted image and the roles of the ends swap (the dense end is
+        the low percentile inside the breast, the background end the
+        image's high percentile).
+
+    Returns
+    -------
+    (pixels, rule): float32 [0, 1] (not inverted) and
+    ``'breast_percentiles'``, or the whole-image window and ``'percentiles'``
+    when no breast is found (less than 1 % of the image) or the breast is flat.
+    """
+    from mammography.io.mask import breast_mask
+
+    whole = window_percentiles(values, percentiles)
+    breast = breast_mask(1.0 - whole if monochrome1 else whole)
+    if breast.sum() < 0.01 * breast.size:
+        return whole, "percentiles"
+    low, high = percentiles
+    step = max(1, int(np.ceil(np.sqrt(values.size / _PERCENTILE_SAMPLES))))
+    image = np.asarray(values)[::step, ::step]
+    inside = np.asarray(values)[breast]
+    inside = inside[:: max(1, inside.size // _PERCENTILE_SAMPLES)]
+    if monochrome1:
+        lo, hi = float(np.percentile(inside, 100.0 - high)), float(np.percentile(image, 100.0 - low))
+    else:
+        lo, hi = float(np.percentile(image, low)), float(np.percentile(inside, high))
+    if not hi > lo:
+        return whole, "percentiles"
+    out = (np.asarray(values, dtype=np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out), "breast_percentiles"
