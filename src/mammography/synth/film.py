@@ -118,7 +118,8 @@ def make_film_phantom(
     shape : (rows, cols), at least 128 x 80.
     seed : anything :func:`numpy.random.default_rng` accepts; fixes the phantom bit for bit.
     dense_fraction : fibroglandular share (default: drawn from the class's range).
-    breast_scale : breast size relative to the image, about 0.75..1.0 (default: drawn).
+    breast_scale : breast size relative to the image, about 0.6..1.0 (default: drawn from
+        0.62..0.85: a film is larger than the breast, so half or more of it is background).
     edge_sides : borders that get a film-edge strip (default: drawn; a
         border of the chest wall or, on MLO, the top gets one more often
         than on clean films it would, so strips touch the breast often).
@@ -134,7 +135,7 @@ def make_film_phantom(
     if dense_fraction is None:
         dense_fraction = float(rng.uniform(*TARGET_FRACTION_RANGES[density_class]))
     if breast_scale is None:
-        breast_scale = float(rng.uniform(0.78, 0.98))
+        breast_scale = float(rng.uniform(0.62, 0.85))
 
     outline = _breast_outline(rng, (rows, cols), view, breast_scale)
     nipple_mask, nipple = _nipple(rng, outline, view)
@@ -297,7 +298,7 @@ def _burn_edge_strip(
     frame[:, :start] = False
     frame[:, stop:] = False
     band = frame & (across_index >= gap)
-    level = bright * rng.uniform(0.9, 1.4)
+    level = bright * rng.uniform(0.7, 1.3)
     along = np.linspace(-1.0, 1.0, length)[None, :]
     values = level * (1.0 + 0.02 * along) + 0.003 * rng.standard_normal(band.shape)
     region, vals, outside = (
@@ -330,8 +331,13 @@ def _burn_label(
     rows, cols = pixels.shape
     target = rng.uniform(*LABEL_AREA_RANGE) * rows * cols
     unit = render_text(text, 1)
-    scale = max(1, int(np.floor(np.sqrt(target / unit.size))))
-    clearance = ndimage.binary_dilation(breast, iterations=max(2, int(0.012 * cols)))
+    exact = np.sqrt(target / unit.size)
+    # the integer letter size whose box is nearest the target, preferring one inside the 2-4 % range
+    candidates = sorted({max(1, int(np.floor(exact))), max(1, int(np.ceil(exact)))},
+                        key=lambda s: (not LABEL_AREA_RANGE[0] <= unit.size * s * s / (rows * cols) <= LABEL_AREA_RANGE[1],
+                                       abs(unit.size * s * s - target)))
+    scale = candidates[0]
+    clearance = ndimage.binary_dilation(breast, iterations=max(2, int(0.05 * cols)))
     corners = ["top", "bottom"] if rng.random() < 0.5 else ["bottom", "top"]
     while True:
         bitmap = render_text(text, scale)
@@ -343,7 +349,8 @@ def _burn_label(
             box = (slice(r0, r0 + height), slice(c0, c0 + width))
             if not clearance[box].any() and not edges[box].any():
                 soft = ndimage.gaussian_filter(bitmap.astype(np.float32), sigma=max(0.5, 0.3 * scale))
-                value = np.float32(bright * rng.uniform(0.85, 1.25))
+                soft[soft < 0.02] = 0.0  # the scan's blur, without a faint halo over the whole box
+                value = np.float32(bright * rng.uniform(0.75, 1.2))
                 glyphs = soft > 0.25
                 pixels[box] = np.maximum(pixels[box], value * np.clip(soft * 1.6, 0.0, 1.0))
                 mask = np.zeros((rows, cols), dtype=bool)
