@@ -164,18 +164,18 @@ def test_voi_lut_sequence_is_applied_and_preferred_over_window(tmp_path):
 
 
 def test_percentiles_when_no_window(tmp_path):
-    """No window: 0.5 % of the image, 99.5 % of the breast (found on the whole-image window)."""
+    """No window: 0.5 % of the image, 99.6 % of the breast (found on the whole-image window)."""
     stored = stored_12bit()
     m = read_dicom(write_dicom(tmp_path, "raw.dcm", stored))
     assert m.intensity_rule == "breast_percentiles"
     _, breast, marker = breast_phantom(SHAPE)
     lo = np.percentile(stored, 0.5)
-    whole = np.clip((stored - lo) / (np.percentile(stored, 99.5) - lo), 0, 1)
+    whole = np.clip((stored - lo) / (np.percentile(stored, 99.6) - lo), 0, 1)
     found = breast_mask(whole)
     assert (found & breast).sum() / (found | breast).sum() > 0.9 and not found[marker].any()
-    hi = np.percentile(stored[found], 99.5)
+    hi = np.percentile(stored[found], 99.6, method="higher")
     np.testing.assert_allclose(m.pixels, np.clip((stored - lo) / (hi - lo), 0, 1), atol=1e-6)
-    assert (m.pixels[breast] >= 1.0).mean() <= 0.006  # the bright marker does not set the window
+    assert (m.pixels[breast] >= 1.0).mean() <= 0.005  # the bright marker does not set the window
 
 
 def test_invalid_window_falls_back_to_percentiles(tmp_path):

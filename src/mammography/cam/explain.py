@@ -252,7 +252,7 @@ def explain_run(
     """
     from tqdm.auto import tqdm
 
-    from mammography.data.dataset import MammogramDataset
+    from mammography.data.dataset import MammogramDataset, laterality_hints
     from mammography.runs import Run, load_run
 
     target_mode = _check_targets(targets)
@@ -274,6 +274,7 @@ def explain_run(
         mean=run.mean,
         std=run.std,
         cache_dir=cache_dir,
+        laterality_hints=laterality_hints(table),
     )
 
     parts: list[dict[str, np.ndarray]] = []
@@ -379,7 +380,7 @@ def _prediction_table(table: pd.DataFrame, probs: np.ndarray, targets: np.ndarra
         out["cam_target"] = targets + 1  # the class the map explains, 1..4
     out["run_y_pred"] = table["y_pred"].to_numpy(dtype=np.int64)
     out["agrees_with_run"] = out["y_pred"].to_numpy() == out["run_y_pred"].to_numpy()
-    for column in ("accession", "patient_id", "view", "laterality"):
+    for column in ("accession", "patient_id", "view", "view_source", "laterality", "laterality_source"):
         if column in table.columns:
             out[column] = table[column].to_numpy()
     return out

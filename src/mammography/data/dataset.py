@@ -9,7 +9,13 @@ stores the prepared square once, on disk, keyed by
   cache, an edited file misses it), and
 * the preprocessing settings: model size, laterality normalisation and
   :data:`PREPROCESS_VERSION` together with the package version (a new
-  release of the reading code never reuses squares made by an old one).
+  release of the reading code never reuses squares made by an old one), and
+  the laterality hint the caller gave for the file (the manifest's value),
+  since it decides the flip.
+
+Each square carries the laterality and view it was prepared with and their
+sources (:func:`mammography.io.with_orientation`: manifest hint, header
+tags, PatientID and name tokens, the image), stored beside it in the cache.
 
 Hashing a large file costs a read of it, so the hash is memoised by
 ``(absolute path, size, mtime)``: in memory for the dataset's lifetime and on
@@ -36,8 +42,9 @@ from torch.utils.data import Dataset
 
 from mammography import __version__
 from mammography.errors import ConfigError, ImageReadError
-from mammography.io import prepare_input, read_mammogram
+from mammography.io import prepare_input, read_mammogram, with_orientation
 from mammography.io.geometry import Geometry
+from mammography.io.orientation import normalise_laterality
 
 __all__ = [
     "PREPROCESS_VERSION",
@@ -47,16 +54,33 @@ __all__ = [
     "DecodedImageCache",
     "MammogramDataset",
     "default_cache_dir",
+    "laterality_hints",
 ]
 
 #: bump when the way a file becomes a model square changes (io windowing,
-#: resizing, flipping, quantisation): old cache entries are then ignored
-PREPROCESS_VERSION = "1"
+#: resizing, flipping, quantisation): old cache entries are then ignored.
+#: 2: files without a window are windowed by percentiles inside the breast;
+#: laterality for the flip from manifest, tags, PatientID/name tokens, image.
+PREPROCESS_VERSION = "2"
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 _QUANT = 65535.0
+_ORIENTATION_FIELDS = ("laterality", "laterality_source", "view", "view_source")
 _HASH_CHUNK = 1 << 20
+
+
+def laterality_hints(table) -> list | None:
+    """The ``laterality`` column of a manifest or ``val_predictions.csv`` table as
+    :class:`MammogramDataset` hints (None when the table has no such column).
+
+    A run's predictions record the laterality each validation image was
+    flipped by in training, so passing them makes every later command flip
+    the image the same way.
+    """
+    if table is None or "laterality" not in getattr(table, "columns", ()):
+        return None
+    return table["laterality"].tolist()
 
 
 def default_cache_dir() -> Path:
@@ -73,10 +97,20 @@ class PreparedImage:
     ----------
     square : float32 (S, S) in [0, 1], dense = bright, padding = 0.
     geometry : how the original pixels map into ``square``.
+    laterality, laterality_source, view, view_source : as resolved by
+        :func:`mammography.io.with_orientation` (None when unknown).
     """
 
     square: np.ndarray
     geometry: Geometry
+    laterality: str | None = None
+    laterality_source: str | None = None
+    view: str | None = None
+    view_source: str | None = None
+
+    def orientation(self) -> dict:
+        """``laterality, laterality_source, view, view_source`` as a dict (for tables and the cache)."""
+        return {k: getattr(self, k) for k in _ORIENTATION_FIELDS}
 
 
 def _quantise(square: np.ndarray) -> np.ndarray:
@@ -112,11 +146,21 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _prepare(path: Path, img_size: int, normalise_laterality: bool) -> PreparedImage:
-    """Decode ``path`` and fit it into the square, quantised like a cache entry."""
-    mammogram = read_mammogram(path)
+def _prepare(path: Path, img_size: int, normalise_laterality: bool, laterality_hint=None) -> PreparedImage:
+    """Decode ``path``, resolve its laterality (the manifest's ``laterality_hint`` first) and view, and fit it
+    into the square, quantised like a cache entry."""
+    mammogram = with_orientation(read_mammogram(path), laterality_hint=laterality_hint)
     square, geometry = prepare_input(mammogram, size=img_size, normalise_laterality=normalise_laterality)
-    return PreparedImage(_dequantise(_quantise(np.asarray(square, dtype=np.float32))), geometry)
+    return PreparedImage(
+        _dequantise(_quantise(np.asarray(square, dtype=np.float32))),
+        geometry,
+        **{k: getattr(mammogram, k) for k in _ORIENTATION_FIELDS},
+    )
+
+
+def _hint_text(hint) -> str:
+    """The part of a cache key a laterality hint contributes ('' for no hint)."""
+    return normalise_laterality(hint) or ""
 
 
 class DecodedImageCache:
@@ -167,49 +211,52 @@ class DecodedImageCache:
         self._hash_memo[memo_key] = digest
         return digest
 
-    def key(self, path: str | Path) -> str:
-        """Cache key of ``path`` under this cache's preprocessing settings."""
-        return hashlib.sha256(f"{self.content_hash(path)};{self._settings}".encode()).hexdigest()
+    def key(self, path: str | Path, laterality_hint=None) -> str:
+        """Cache key of ``path`` (given ``laterality_hint``) under this cache's preprocessing settings."""
+        text = f"{self.content_hash(path)};{self._settings};hint={_hint_text(laterality_hint)}"
+        return hashlib.sha256(text.encode()).hexdigest()
 
-    def entry_paths(self, path: str | Path) -> tuple[Path, Path]:
+    def entry_paths(self, path: str | Path, laterality_hint=None) -> tuple[Path, Path]:
         """``(square .npy, geometry .json)`` where ``path``'s entry lives."""
-        key = self.key(path)
+        key = self.key(path, laterality_hint)
         folder = self.root / "squares" / key[:2]
         return folder / f"{key}.npy", folder / f"{key}.json"
 
     # -- entries ------------------------------------------------------------
-    def load(self, path: str | Path) -> PreparedImage | None:
+    def load(self, path: str | Path, laterality_hint=None) -> PreparedImage | None:
         """The cached square of ``path``, or ``None`` on a miss (or an unreadable entry)."""
-        npy, meta = self.entry_paths(path)
+        npy, meta = self.entry_paths(path, laterality_hint)
         if not meta.is_file():
             return None
         try:
-            geometry = Geometry.from_dict(json.loads(meta.read_text()))
+            record = json.loads(meta.read_text())
+            geometry = Geometry.from_dict(record)
             stored = np.load(npy, allow_pickle=False)
         except (OSError, ValueError, KeyError):
             return None  # damaged entry: treat as a miss, it is rewritten
         if stored.dtype != np.uint16 or stored.shape != (self.img_size, self.img_size):
             return None
-        return PreparedImage(_dequantise(stored), geometry)
+        orientation = record.get("orientation") or {}
+        return PreparedImage(_dequantise(stored), geometry, **{k: orientation.get(k) for k in _ORIENTATION_FIELDS})
 
-    def store(self, path: str | Path, prepared: PreparedImage) -> None:
+    def store(self, path: str | Path, prepared: PreparedImage, laterality_hint=None) -> None:
         """Write ``prepared`` as the entry of ``path`` (silently skipped if the cache is read-only)."""
-        npy, meta = self.entry_paths(path)
+        npy, meta = self.entry_paths(path, laterality_hint)
         stored = _quantise(prepared.square)
-        text = json.dumps(prepared.geometry.to_dict())
+        text = json.dumps({**prepared.geometry.to_dict(), "orientation": prepared.orientation()})
         try:
             _atomic_write_bytes(npy, lambda handle: np.save(handle, stored, allow_pickle=False))
             _atomic_write_bytes(meta, lambda handle: handle.write(text.encode()))
         except OSError:
             pass
 
-    def get(self, path: str | Path) -> PreparedImage:
+    def get(self, path: str | Path, laterality_hint=None) -> PreparedImage:
         """The prepared square of ``path``: from the cache, else decoded and stored."""
-        hit = self.load(path)
+        hit = self.load(path, laterality_hint)
         if hit is not None:
             return hit
-        prepared = _prepare(Path(path), self.img_size, self.normalise_laterality)
-        self.store(path, prepared)
+        prepared = _prepare(Path(path), self.img_size, self.normalise_laterality, laterality_hint)
+        self.store(path, prepared, laterality_hint)
         return prepared
 
 
@@ -246,6 +293,9 @@ class MammogramDataset(Dataset):
     cache_dir : folder of the decoded-image cache; ``None`` decodes every
         time (library default: nothing is written unless asked). Training uses
         :func:`default_cache_dir` unless ``--no-cache``.
+    laterality_hints : the manifest's laterality per path (L/R/LEFT/RIGHT,
+        anything else = no hint), or ``None``; it comes first when deciding
+        the flip (:func:`mammography.io.resolve_laterality`).
 
     Items are ``dict(image=Tensor (3, S, S) float32, label=int, index=int)``:
     the grayscale square replicated to three channels, then normalised.
@@ -260,10 +310,14 @@ class MammogramDataset(Dataset):
         mean=None,
         std=None,
         cache_dir: str | Path | None = None,
+        laterality_hints: Sequence | None = None,
     ):
         self.paths = [Path(p) for p in paths]
         if labels is not None and len(labels) != len(self.paths):
             raise ConfigError(f"{len(labels)} labels for {len(self.paths)} images")
+        if laterality_hints is not None and len(laterality_hints) != len(self.paths):
+            raise ConfigError(f"{len(laterality_hints)} laterality hints for {len(self.paths)} images")
+        self.laterality_hints = [None] * len(self.paths) if laterality_hints is None else list(laterality_hints)
         self.labels = [(-1 if labels is None else _label_index(labels[i])) for i in range(len(self.paths))]
         if int(img_size) < 32:
             raise ConfigError(f"image size {img_size} is too small for EfficientNet-B0 (use at least 32)")
@@ -280,10 +334,10 @@ class MammogramDataset(Dataset):
 
     def prepared(self, i: int) -> PreparedImage:
         """Square and geometry of image ``i`` (from the cache when one is set)."""
-        path = self.paths[i]
+        path, hint = self.paths[i], self.laterality_hints[i]
         if self.cache is not None:
-            return self.cache.get(path)
-        return _prepare(path, self.img_size, self.normalise_laterality)
+            return self.cache.get(path, hint)
+        return _prepare(path, self.img_size, self.normalise_laterality, hint)
 
     def geometry(self, i: int) -> Geometry:
         """How image ``i``'s original pixels map into the model square."""

@@ -13,7 +13,7 @@ The display pipeline of DICOM PS3.3 C.11 is applied in order:
    * else the first Window Center/Width pair, with VOILUTFunction LINEAR
      (default), LINEAR_EXACT or SIGMOID (formulas of C.11.2.1.2/C.11.2.1.3);
    * else (or when the window is invalid) robust percentiles: 0.5 % of the
-     image, 99.5 % of the breast's pixels
+     image, 99.6 % of the breast's pixels
      (:func:`~mammography.io.mammogram.window_breast_percentiles`);
 
 3. MONOCHROME1 images are inverted last (after the VOI transform, where the

@@ -27,11 +27,12 @@ to full resolution (nearest neighbour).
 
 :func:`film_edge_mask` finds strips as bands of lines (rows near the top or
 bottom border, columns near the left or right one) in which at least 60 % of
-the pixels are bright, of one level and flat (breast tissue as bright has
-texture), starting at most 2 % of the image
-from the border; each strip then grows inwards, line by line at every
-position along the border, while the pixels stay at the strip's level (the
-ragged inner edge), never deeper than twice its solid part.
+the pixels are bright and flat along the border (their local spread is well
+below that of the bright tissue inside the image: breast tissue as bright
+and as extended along the chest wall has texture), starting at most 2 % of
+the image (3 px) from the border; each strip then grows inwards, line by line
+at every position along the border, while the pixels stay bright and flat
+(the ragged inner edge), never deeper than twice its solid part.
 
 :func:`pectoral_mask` finds the pectoral muscle of an MLO view: the bright
 wedge in the chest-wall corner at the top of the breast, bounded by the
@@ -62,8 +63,13 @@ __all__ = [
 _MIN_STEP = 0.01
 #: a strip line has at least this share of its pixels at the strip's level
 _EDGE_COVERAGE = 0.6
-#: ... and those pixels are flat: neighbours differ by at most this share of the image's range (median)
-_EDGE_FLATNESS = 0.002
+#: ... and those pixels are flat along the border: their local standard deviation is at most this share of
+#: the image's range (and at most 0.3 of the bright tissue's own)
+_EDGE_FLATNESS = 0.005
+#: a thin (low-resolution) strip: bright, shallow runs from the border at this share of the positions,
+#: with one unbroken stretch of at least _THIN_STRETCH of the border
+_THIN_COVERAGE = 0.4
+_THIN_STRETCH = 0.3
 #: a strip starts at most this share of the image side away from its border
 _EDGE_MAX_GAP = 0.02
 #: a strip is at most this share of the image side deep
@@ -350,12 +356,18 @@ def _film_edges(work: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
     span = float(hi - lo)
     if not span > 0:
         return edges, ()
+    bright = float(lo) + 0.35 * span
+    flat = _flatness(work, bright, span)
     sides = []
     for side in ("top", "bottom", "left", "right"):
         view = _side_view(work, side)
-        strip = _strip_from_border(view, float(lo), span)
-        if strip is not None:
-            _side_view(edges, side)[...] |= strip
+        flat_strip = _strip_from_border(view, bright, flat)
+        thin_strip = _thin_band_from_border(view, bright, cut_contacts=flat_strip is None)
+        if flat_strip is not None or thin_strip is not None:
+            target = _side_view(edges, side)
+            for strip in (flat_strip, thin_strip):
+                if strip is not None:
+                    target |= strip
             sides.append(side)
     return edges, tuple(sides)
 
@@ -365,56 +377,96 @@ def _side_view(a: np.ndarray, side: str) -> np.ndarray:
     return {"top": a, "bottom": a[::-1], "left": a.T, "right": a.T[::-1]}[side]
 
 
-def _strip_from_border(view: np.ndarray, lo: float, span: float) -> np.ndarray | None:
-    """The strip along row 0 of ``view`` (rows = depth from the border), or None."""
+def _roughness(lines: np.ndarray) -> np.ndarray:
+    """Standard deviation over 5 neighbouring pixels along each line (row) of ``lines``."""
+    mean = ndimage.uniform_filter1d(lines, 5, axis=1, mode="nearest")
+    square = ndimage.uniform_filter1d(lines * lines, 5, axis=1, mode="nearest")
+    return np.sqrt(np.maximum(square - mean * mean, 0.0))
+
+
+def _flatness(work: np.ndarray, bright: float, span: float) -> float:
+    """How flat a strip is along its border: well below the texture of the bright tissue inside the
+    image (measured the same way, away from the borders), never above a fixed share of the range."""
+    rows, cols = work.shape
+    inner = work[rows // 10 : rows - rows // 10, cols // 10 : cols - cols // 10]
+    rough = _roughness(inner)[inner > bright]
+    texture = float(np.median(rough)) if rough.size >= 50 else np.inf
+    return min(_EDGE_FLATNESS * span, 0.3 * texture)
+
+
+def _strip_from_border(view: np.ndarray, bright: float, flat: float) -> np.ndarray | None:
+    """The strip along row 0 of ``view`` (rows = depth from the border), or None.
+
+    A pixel is strip-like when it is bright and flat along the border; a
+    strip line has at least :data:`_EDGE_COVERAGE` of its pixels so.
+    """
     depth_max = max(2, int(np.ceil(_EDGE_MAX_DEPTH * view.shape[0])))
-    gap_max = max(1, int(np.ceil(_EDGE_MAX_GAP * view.shape[0])))
-    bright = lo + 0.35 * span
-    tolerance = 0.06 * span
+    gap_max = max(3, int(np.ceil(_EDGE_MAX_GAP * view.shape[0])))
     band = view[:depth_max]
-    flat = _EDGE_FLATNESS * span
-    levels = [_line_level(line, bright, tolerance, flat) for line in band]
-    first = next((d for d in range(min(gap_max + 1, depth_max)) if levels[d] is not None), None)
+    strip_like = (band > bright) & (_roughness(band) <= flat)
+    coverage = strip_like.mean(axis=1)
+    first = next((d for d in range(min(gap_max + 1, depth_max)) if coverage[d] >= _EDGE_COVERAGE), None)
     if first is None:
         return None
     last = first
-    while last + 1 < depth_max and levels[last + 1] is not None:
+    while last + 1 < depth_max and coverage[last + 1] >= _EDGE_COVERAGE:
         last += 1
-    # the median over the solid lines: the outermost one may be blurred into the gap
-    strip_level = float(np.median([levels[d] for d in range(first, last + 1)]))
-    at_level = np.abs(band - strip_level) <= tolerance
     solid = last - first + 1
-    if solid >= depth_max // 2:  # half the border region at one bright level is no strip (e.g. a saturated image)
+    if solid >= depth_max // 2:  # half the border region bright and flat is no strip (e.g. a saturated image)
         return None
-    limit = min(depth_max, last + 1 + solid)
-    # ragged inner edge: at every position, follow the strip's level inwards from the solid part
-    covered = at_level[first : last + 1].any(axis=0)
-    run = np.cumprod(at_level[last + 1 : limit] & covered[None, :], axis=0).astype(bool)
+    limit = min(depth_max, last + 1 + max(2, solid))
+    # ragged inner edge: at every position along the border, follow strip-like pixels inwards
+    covered = strip_like[first : last + 1].any(axis=0)
+    # the flatness window straddles the strip's ends: extend them over the bright pixels it missed there
+    covered = ndimage.binary_dilation(covered, iterations=2) & (band[first : last + 1] > bright).any(axis=0)
+    run = np.cumprod(strip_like[last + 1 : limit] & covered[None, :], axis=0).astype(bool)
     strip = np.zeros(view.shape, dtype=bool)
     strip[: last + 1] = covered[None, :]
     strip[last + 1 : limit] = run
     return strip
 
 
-def _line_level(line: np.ndarray, bright: float, tolerance: float, flat: float) -> float | None:
-    """The level of a strip line, or None.
+def _thin_band_from_border(view: np.ndarray, bright: float, cut_contacts: bool = True) -> np.ndarray | None:
+    """A thin bright band along row 0 of ``view``, or None.
 
-    The level is the median of the line's bright pixels; a strip line has
-    most of its pixels within ``tolerance`` of it, and those pixels are flat:
-    neighbours differ by at most ``flat`` (median), where breast tissue along
-    the chest wall, as bright and as extended, has texture.
+    At low resolution a strip is a line or two, blurred into its gap and its
+    ragged edge, and no longer flat; what is left is its shape: at most
+    positions along the border, a run of bright pixels starts within the gap
+    allowance and ends (in the dark) within half the strip depth limit. Where
+    the run goes on (the breast or a label touching the strip) the band is
+    cut at the depth of the rest, unless ``cut_contacts`` is False (the flat
+    strip found there already knows its depth).
     """
-    values = line[line > bright]
-    if values.size < _EDGE_COVERAGE * line.size:
+    depth_max = max(2, int(np.ceil(_EDGE_MAX_DEPTH * view.shape[0])))
+    shallow_max = max(2, int(np.ceil(0.5 * _EDGE_MAX_DEPTH * view.shape[0])))
+    gap_max = max(3, int(np.ceil(_EDGE_MAX_GAP * view.shape[0])))
+    lit = view[: depth_max + 1] > bright
+    start_allowed = lit[: gap_max + 1].any(axis=0)
+    start = np.argmax(lit, axis=0)  # first bright depth at each position
+    depth_index = np.arange(lit.shape[0])[:, None]
+    after = lit & (depth_index >= start[None, :])
+    # end of the first run: first dark pixel after the start
+    dark_after = ~lit & (depth_index > start[None, :])
+    has_end = dark_after.any(axis=0)
+    end = np.where(has_end, np.argmax(dark_after, axis=0), lit.shape[0])
+    shallow = start_allowed & has_end & (end <= shallow_max)
+    # a strip is one long stretch along the border (the breast may interrupt it where it touches); the
+    # letters of a label close to the border are short stretches with gaps between them
+    if shallow.mean() < _THIN_COVERAGE or _longest_run(shallow) < _THIN_STRETCH * shallow.size:
         return None
-    level = float(np.median(values))
-    at_level = np.abs(line - level) <= tolerance
-    if at_level.mean() < _EDGE_COVERAGE:
-        return None
-    steps = np.abs(np.diff(line))[at_level[1:] & at_level[:-1]]
-    if not steps.size or float(np.median(steps)) > flat:
-        return None
-    return level
+    depth = int(np.ceil(np.percentile(end[shallow], 90)))
+    strip = np.zeros(view.shape, dtype=bool)
+    rows = depth_index[: depth + 1]
+    cut = np.where(shallow, end, np.where(start_allowed & cut_contacts, depth, 0))
+    strip[: depth + 1] = (rows < cut[None, :]) & (after[: depth + 1] | (rows < start[None, :]))
+    return strip
+
+
+def _longest_run(flags: np.ndarray) -> int:
+    """Length of the longest run of True in a 1-D bool array."""
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    changes = np.flatnonzero(np.diff(padded))
+    return int((changes[1::2] - changes[::2]).max()) if changes.size else 0
 
 
 def _pectoral_wedge(work: np.ndarray, breast: np.ndarray, known_oblique: bool = False) -> np.ndarray:

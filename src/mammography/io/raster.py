@@ -10,7 +10,7 @@ become [0, 1] (``Mammogram.intensity_rule``):
 * 16-bit images whose values fit in 15 bits are raw 10-15-bit detector values
   in a 16-bit container (the usual export of 12- or 14-bit mammograms);
   dividing them by 65535 would give an almost black image, so they are
-  windowed by robust percentiles (0.5 % of the image, 99.5 % of the breast:
+  windowed by robust percentiles (0.5 % of the image, 99.6 % of the breast:
   'breast_percentiles'), as a DICOM file without a window is; so are other
   integer types;
 * floating-point TIFFs are kept when already in [0, 1], else scaled by their

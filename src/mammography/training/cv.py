@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mammography.data.splits import kfold_patients, split_table
+from mammography.data.splits import kfold_patients, patient_grouping, split_table
 from mammography.training.metrics import SCALAR_METRICS
 from mammography.training.reproducibility import collect_reproducibility
 from mammography.training.rundir import RUN_FILES, next_run_dir, write_csv, write_json
@@ -102,6 +102,7 @@ def cross_validate(config: TrainConfig, folds: int = 5) -> Path:
     config = copy.copy(config)
     config.validate()
     df = load_training_manifest(config)
+    log.info("patients: %s", patient_grouping(df).description)
     assignment = kfold_patients(df, k=folds, seed=config.seed)
     resolve_device(config.device)  # fail before creating folders
     root = next_run_dir(config.outdir, base=f"results_k{int(folds)}_seed{int(config.seed)}")

@@ -49,10 +49,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mammography.data.dataset import PREPROCESS_VERSION, MammogramDataset, default_cache_dir
-from mammography.data.splits import check_no_patient_overlap, patient_groups, split_patients, split_table
+from mammography.data.splits import check_no_patient_overlap, patient_grouping, split_patients, split_table
 from mammography.errors import ConfigError, ManifestError
 from mammography.models import build_density_model
-from mammography.training.metrics import LABELS, compute_metrics
+from mammography.training.metrics import LABELS, compute_metrics, prediction_collapse
 from mammography.training.reproducibility import collect_reproducibility, seed_worker, seeded
 from mammography.training.rundir import (
     RUN_FILES,
@@ -325,7 +325,24 @@ def _dataset(rows: pd.DataFrame, config: TrainConfig, cache_dir: Path | None) ->
         img_size=config.img_size,
         normalise_laterality=config.normalise_laterality,
         cache_dir=cache_dir,
+        laterality_hints=rows["laterality"].tolist() if "laterality" in rows.columns else None,
     )
+
+
+def _with_orientation(rows: pd.DataFrame, dataset: MammogramDataset) -> pd.DataFrame:
+    """``rows`` with the laterality and view each image was prepared with, and their sources (the
+    manifest's view first, as its laterality was for the flip)."""
+    from mammography.io.orientation import normalise_view
+
+    resolved = pd.DataFrame([dataset.prepared(i).orientation() for i in range(len(dataset))], index=rows.index)
+    if "view" in rows.columns:
+        given = rows["view"].map(normalise_view)
+        resolved["view"] = given.where(given.notna(), resolved["view"])
+        resolved["view_source"] = resolved["view_source"].where(given.isna(), "manifest")
+    out = rows.copy()
+    for column in resolved.columns:
+        out[column] = resolved[column]
+    return out
 
 
 def _history_row(epoch: int, train_loss: float, val_loss: float, metrics: dict, lr: float, seconds: float) -> dict:
@@ -422,6 +439,7 @@ def train_on_split(
     cache_dir = config.resolved_cache_dir()
     train_set = _dataset(train_rows, config, cache_dir)
     val_set = _dataset(val_rows, config, cache_dir)
+    val_rows = _with_orientation(val_rows, val_set)  # val_predictions.csv shows what the flip used
     weights = _class_weights(train_rows["density_label"].astype(int).to_numpy())
 
     started = time.perf_counter()
@@ -429,6 +447,9 @@ def train_on_split(
     history, selector = _fit(config, device, train_set, val_set, val_rows, weights)
     saved = selector.saved
 
+    collapse = prediction_collapse(saved.predictions[[f"p_{c}" for c in "ABCD"]].to_numpy())
+    if collapse:
+        log.warning("%s: %s", run_dir, collapse)
     save_state_dict(run_dir / RUN_FILES["checkpoint"], saved.state_dict)
     write_csv(run_dir / RUN_FILES["predictions"], saved.predictions)
     write_json(run_dir / RUN_FILES["metrics"], saved.metrics)
@@ -447,7 +468,10 @@ def train_on_split(
         saved=saved,
         seconds=time.perf_counter() - started,
         cache_dir=cache_dir,
+        grouping=patient_grouping(df),
+        split=split,
     )
+    summary["collapse"] = collapse
     summary.update(extra_summary or {})
     # summary.json last: its presence marks a complete run directory
     write_json(run_dir / RUN_FILES["summary"], summary)
@@ -463,7 +487,7 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _summary(config, *, device, created_at, train_rows, val_rows, weights, mean, std, best_epoch, best_metrics, saved, seconds, cache_dir) -> dict:
+def _summary(config, *, device, created_at, train_rows, val_rows, weights, mean, std, best_epoch, best_metrics, saved, seconds, cache_dir, grouping, split) -> dict:
     def class_counts(rows):
         counts = rows["density_label"].astype(int).value_counts()
         return {str(label): int(counts.get(label, 0)) for label in LABELS}
@@ -499,6 +523,8 @@ def _summary(config, *, device, created_at, train_rows, val_rows, weights, mean,
         "hyperparameters": hyper,
         "preprocess": {
             "normalise_laterality": bool(config.normalise_laterality),
+            "laterality": "manifest, ImageLaterality, Laterality, PatientID, file name, folder name, image",
+            "no_window": "percentiles 0.5 % of the image, 99.6 % of the breast",
             "version": PREPROCESS_VERSION,
             "fit": "aspect-preserving resize + centre padding",
             "quantisation": "uint16",
@@ -512,8 +538,10 @@ def _summary(config, *, device, created_at, train_rows, val_rows, weights, mean,
             "file": RUN_FILES["split"],
             "n_train": int(len(train_rows)),
             "n_val": int(len(val_rows)),
-            "n_train_patients": int(patient_groups(train_rows).nunique()),
-            "n_val_patients": int(patient_groups(val_rows).nunique()),
+            "n_train_patients": int(grouping.keys[split.to_numpy() == "train"].nunique()),
+            "n_val_patients": int(grouping.keys[split.to_numpy() == "val"].nunique()),
+            "grouping": grouping.rule,
+            "grouping_note": grouping.description,
             "train_class_counts": class_counts(train_rows),
             "val_class_counts": class_counts(val_rows),
         },
@@ -544,6 +572,7 @@ def train_density(config: TrainConfig) -> Path:
     config = copy.copy(config)
     config.validate()
     df = load_training_manifest(config)
+    log.info("patients: %s", patient_grouping(df).description)
     if config.use_manifest_split:
         split = _manifest_split(df, Path(config.csv))
     else:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from mammography.errors import ConfigError, ImageReadError
+from mammography.training.metrics import prediction_collapse
 from mammography.web.site import SeedResult, SiteImage, SiteLayer, SiteSeed, SiteSummary, build_site
 
 __all__ = [
@@ -226,6 +227,7 @@ class _Inputs:
     def __init__(self, paths: Sequence[str], cache_dir):
         self.paths = list(paths)
         self.cache_dir = cache_dir
+        self.hints = None  # laterality per path, as the runs' predictions record it
         self._datasets: dict = {}
         self._memo: dict = {}
 
@@ -236,7 +238,7 @@ class _Inputs:
         if key not in self._datasets:
             self._datasets[key] = MammogramDataset(
                 self.paths, img_size=key[0], normalise_laterality=key[1], mean=key[2], std=key[3],
-                cache_dir=self.cache_dir,
+                cache_dir=self.cache_dir, laterality_hints=self.hints,
             )
         return self._datasets[key]
 
@@ -302,7 +304,8 @@ class _RunAttention:
         a, i = self.analysis, self.index[path]
         row = a.table.iloc[i]
         breast = a.regions[i].breast()
-        off_tissue = ~breast | border_band(breast.shape, a.options.border_fraction) | a.regions[i].markers()
+        off_tissue = (~breast | border_band(breast.shape, a.options.border_fraction) | a.regions[i].markers()
+                      | a.regions[i].film_edges())
         share = mass_share(a.grid_map(i), off_tissue)
         details = {}
         for label, column in _DETAILS:
@@ -313,11 +316,35 @@ class _RunAttention:
         return (None if np.isnan(share) else float(share)), (None if flag is None else bool(flag)), details
 
 
+def _path_hints(paths: list[str], runs) -> list | None:
+    """Each path's laterality as the first run validating it recorded (None where no run says)."""
+    known: dict[str, object] = {}
+    for run in runs:
+        if "laterality" in run.predictions.columns:
+            for p, lat in zip(run.predictions["image_path"].astype(str), run.predictions["laterality"]):
+                known.setdefault(p, lat)
+    return [known.get(p) for p in paths] if known else None
+
+
+def _orientation_meta(row, prepared) -> dict:
+    """``{"laterality": "R (PatientID)", "view": ...}``: the value and where it came from, as the run's
+    predictions record it, else as the image was prepared here."""
+    meta = {}
+    for key in ("laterality", "view"):
+        value, source = row.get(key), row.get(f"{key}_source")
+        if not isinstance(source, str) or not source or not isinstance(value, str):
+            value, source = getattr(prepared, key, None), getattr(prepared, f"{key}_source", None)
+        if value:
+            meta[key] = f"{value} ({source})" if source else value
+    return meta
+
+
 #: per-seed numbers of the analysis shown in the image view (label, column)
 _DETAILS = (
     ("outside breast", "outside_breast_share"),
     ("border", "border_share"),
     ("markers", "marker_share"),
+    ("film edges", "film_edge_share"),
     ("ROI IoU", "iou"),
     ("ROI energy", "energy_pointing"),
     ("ROI pointing hit", "pointing_hit"),
@@ -330,14 +357,15 @@ def _analyse(run_images, store, layer, options) -> tuple[list[_RunAttention], di
     Returns the per-run measurements and image path -> ImageConsistency.
     """
     from mammography.analysis.run_analysis import analyze_maps, compare_runs
-    from mammography.data.dataset import MammogramDataset
+    from mammography.data.dataset import MammogramDataset, laterality_hints
 
     attention = []
     for ri, maps in zip(run_images, store):
         run = ri.run
         paths = run.predictions["image_path"].astype(str).tolist()
         dataset = MammogramDataset(paths, img_size=run.img_size, normalise_laterality=run.normalise_laterality,
-                                   mean=run.mean, std=run.std, cache_dir=options.cache_dir)
+                                   mean=run.mean, std=run.std, cache_dir=options.cache_dir,
+                                   laterality_hints=laterality_hints(run.predictions))
         final = np.stack([maps[p][layer].astype(np.float32) for p in paths])
         analysis = analyze_maps(run, dataset, final, run.probabilities, options=options)
         attention.append(_RunAttention(analysis, {p: i for i, p in enumerate(paths)}))
@@ -404,6 +432,7 @@ def iter_site_images(
     paths = [p for p, _ in index]
     names = _display_names(paths)
     inputs = _Inputs(paths, cache_dir)
+    inputs.hints = _path_hints(paths, runs)
 
     # 1. CAMs of every layer, every run, every image (low resolution, kept)
     cams = [create_cam(method, ri.run.load_model(device=device), layers=layers) for ri in run_images]
@@ -449,7 +478,7 @@ def iter_site_images(
             attention_agreement=None if rho is None or np.isnan(rho) else float(rho),
             high_agreement=None if rec is None else rec.agreement == HIGH_AGREEMENT,
             reasons=() if rec is None else tuple(rec.reasons),
-            meta={**{c: row.get(c) for c in _META_COLUMNS if c in row.index},
+            meta={**{c: row.get(c) for c in _META_COLUMNS if c in row.index}, **_orientation_meta(row, prep),
                   "size": f"{g.original_shape[0]} x {g.original_shape[1]} px", "path": path},
         )
 
@@ -497,6 +526,11 @@ def build_explorer(
         f"{n} validation images, {len(run_list)} run{'s' if len(run_list) != 1 else ''}; "
         f"{method} maps explain each run's predicted class"
     )
+    for seed, run in zip(seeds, run_list):
+        note = prediction_collapse(run.probabilities)
+        if note:
+            log.warning("%s: %s", run.run_id, note)
+            subtitle += f". Warning, {seed.label}: {note}"
     return build_site(
         out_dir,
         iter_site_images(run_list, layers, method=method, device=device, batch_size=batch_size,
