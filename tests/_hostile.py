@@ -355,7 +355,7 @@ ABSURD_PARAMETERS = [
     (["report-pack", "--run", "r", "--per-class", "100000"], "--per-class"),
     (["report-pack", "--run", "r", "--batch-size", "1000000000"], "--batch-size"),
     (["analyze", "--run", "r", "--analysis-size", "100000"], "--analysis-size"),
-    (["analyze", "--run", "r", "--outside-threshold", "nan"], "outside_breast"),
+    (["analyze", "--run", "r", "--outside-ratio", "nan"], "outside_breast"),
     (["explain", "--run", "r", "--batch-size", "0"], "batch size"),
     (["explore", "--out", "site", "--serve", "--port", "70000"], "--port"),
 ]

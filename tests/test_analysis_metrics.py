@@ -285,7 +285,9 @@ def test_run_is_flagged_for_markers_by_enrichment_and_for_other_kinds_by_share_o
     with pytest.raises(ConfigError):
         SpuriousThresholds(marker_enrichment=0.0)
     with pytest.raises(ConfigError):
-        SpuriousThresholds(border=1.5)
+        SpuriousThresholds(border_ratio=0.0)
+    with pytest.raises(ConfigError):
+        SpuriousThresholds(max_flag_rate=1.5)
 
 
 # ---------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from pydicom.uid import (
 
 from _io_phantom import breast_phantom
 from mammography.errors import ImageReadError
-from mammography.io import read_mammogram
+from mammography.io import breast_mask, read_mammogram
 from mammography.io.dicom import read_dicom
 
 SHAPE = (128, 96)
@@ -164,17 +164,24 @@ def test_voi_lut_sequence_is_applied_and_preferred_over_window(tmp_path):
 
 
 def test_percentiles_when_no_window(tmp_path):
+    """No window: 0.5 % of the image, 99.6 % of the breast (found on the whole-image window)."""
     stored = stored_12bit()
     m = read_dicom(write_dicom(tmp_path, "raw.dcm", stored))
-    assert m.intensity_rule == "percentiles"
-    lo, hi = np.percentile(stored, [0.5, 99.5])
+    assert m.intensity_rule == "breast_percentiles"
+    _, breast, marker = breast_phantom(SHAPE)
+    lo = np.percentile(stored, 0.5)
+    whole = np.clip((stored - lo) / (np.percentile(stored, 99.6) - lo), 0, 1)
+    found = breast_mask(whole)
+    assert (found & breast).sum() / (found | breast).sum() > 0.9 and not found[marker].any()
+    hi = np.percentile(stored[found], 99.6, method="higher")
     np.testing.assert_allclose(m.pixels, np.clip((stored - lo) / (hi - lo), 0, 1), atol=1e-6)
+    assert (m.pixels[breast] >= 1.0).mean() <= 0.005  # the bright marker does not set the window
 
 
 def test_invalid_window_falls_back_to_percentiles(tmp_path):
     stored = stored_12bit()
     m = read_dicom(write_dicom(tmp_path, "bad_window.dcm", stored, WindowCenter=2000, WindowWidth=0))
-    assert m.intensity_rule == "percentiles"
+    assert m.intensity_rule == "breast_percentiles"
     assert m.pixels.min() == 0.0 and m.pixels.max() == 1.0
 
 
@@ -212,6 +219,7 @@ def test_record_fields(tmp_path):
     assert 0.0 <= m.pixels.min() and m.pixels.max() <= 1.0
     assert m.pixel_spacing == (0.07, 0.065)
     assert m.laterality == "R" and m.view == "MLO"
+    assert (m.laterality_source, m.view_source) == ("ImageLaterality", "ViewPosition")
     assert m.photometric_interpretation == "MONOCHROME2"
     assert m.path == path
 
@@ -222,10 +230,12 @@ def test_record_fallbacks(tmp_path):
         write_dicom(tmp_path, "b.dcm", stored, ImagerPixelSpacing=[0.1, 0.09], Laterality="L", ViewPosition="ML")
     )
     assert m.pixel_spacing == (0.1, 0.09)
-    assert m.laterality == "L"
-    assert m.view is None  # only CC and MLO are views of this toolkit
+    assert (m.laterality, m.laterality_source) == ("L", "Laterality")
+    assert (m.view, m.view_source) == ("ML", "ViewPosition")  # lateral views keep their name
     m = read_dicom(write_dicom(tmp_path, "c.dcm", stored, ImageLaterality="B", Laterality="L", ViewPosition="CC"))
     assert m.pixel_spacing is None and m.laterality is None and m.view == "CC"  # the image's own 'B' wins
+    m = read_dicom(write_dicom(tmp_path, "d.dcm", stored, ViewPosition="XCCL"))
+    assert m.view is None and m.view_source is None  # no other view is one of this toolkit
 
 
 def test_bare_dataset_without_preamble_is_read(tmp_path):
@@ -352,7 +362,7 @@ def test_bundled_compressed_files_match_their_uncompressed_original(name):
 def test_bundled_jpeg_extended_and_jpeg2000_decode(name):
     m = read_dicom(bundled(name))
     assert m.pixels.shape == (1024, 256) and m.pixels.dtype == np.float32
-    assert m.intensity_rule == "percentiles"
+    assert m.intensity_rule in ("breast_percentiles", "percentiles")
     assert m.pixels.min() == 0.0 and m.pixels.max() == 1.0
     assert m.pixels.std() > 0.1  # an image, not a flat field
 

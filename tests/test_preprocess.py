@@ -158,10 +158,12 @@ def test_fit_pad_geometry_is_unchanged_by_the_generalisation():
 def test_record_round_trip_and_checks():
     ours = Preprocessing.fit_pad(128, normalise_laterality=True)
     again = Preprocessing.from_record(ours.to_record())
-    assert again == ours and again.pipeline == FIT_PAD and again.laterality_from_manifest
-    # a record written before 'pipeline' existed is this project's rule, tags only
+    assert again == ours and again.pipeline == FIT_PAD and again.version == "2"
+    # a record written before 'pipeline' existed is this project's rule, at the version it names
     old = Preprocessing.from_record({"normalise_laterality": True, "version": "1"}, img_size=64)
-    assert old.pipeline == FIT_PAD and old.img_size == 64 and not old.laterality_from_manifest
+    assert old.pipeline == FIT_PAD and old.img_size == 64 and old.version == "1"
+    with pytest.raises(ConfigError, match="newer than this mammography"):
+        Preprocessing.from_record({"version": "9"}, img_size=64)
     legacy = Preprocessing.pipelines_crop(96, mean=[0.5] * 3, std=[0.25] * 3)
     assert Preprocessing.from_record(legacy.to_record()) == legacy and legacy.pipeline == PIPELINES_CROP
     assert legacy.cache_key() != ours.cache_key()

@@ -169,7 +169,7 @@ def test_flagged_run_gets_example_tiles_in_the_report(runs, tmp_path):
     _, dirs, cache = runs
     options = _options(tmp_path / "Article", cache)
     ev = evaluate_run(load_run(dirs[0]), options)
-    strict = AnalysisOptions(cache_dir=cache, spurious=SpuriousThresholds(outside_breast=1e-6, max_flag_rate=1e-6))
+    strict = AnalysisOptions(cache_dir=cache, spurious=SpuriousThresholds(outside_breast_ratio=1e-6, max_flag_rate=1e-6))
     analysis = analyze_maps(ev.run, ev.dataset, ev.maps, ev.probs, model=ev.model, options=strict)
     assert analysis.summary["spurious"]["flagged"] and "outside_breast" in analysis.summary["spurious"]["reasons"]
     pack = _Pack(options=options, assets_dir=tmp_path / "Article" / "assets")

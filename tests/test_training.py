@@ -104,7 +104,12 @@ def test_summary_keys_and_values(run, manifest):
 def test_val_predictions_columns_and_labels(run):
     predictions = pd.read_csv(run / "val_predictions.csv")
     assert tuple(predictions.columns[: len(PREDICTION_COLUMNS)]) == PREDICTION_COLUMNS
-    assert list(predictions.columns[len(PREDICTION_COLUMNS):]) == ["roi_path", "breast_mask_path"]
+    assert list(predictions.columns[len(PREDICTION_COLUMNS):]) == [
+        "laterality_source", "view_source", "roi_path", "breast_mask_path"
+    ]
+    # the manifest names laterality and view, so that is where the flip's laterality came from
+    assert set(predictions["laterality_source"]) == set(predictions["view_source"]) == {"manifest"}
+    assert set(predictions["laterality"]) <= {"L", "R"} and set(predictions["view"]) <= {"CC", "MLO"}
     split = pd.read_csv(run / "split.csv")
     assert sorted(predictions["image_path"]) == sorted(split.loc[split["split"] == "val", "image_path"])
     assert predictions["y_true"].between(1, 4).all() and predictions["y_pred"].between(1, 4).all()

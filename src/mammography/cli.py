@@ -148,18 +148,28 @@ def _add_synth(sub):
             "fibroglandular share lies inside the BI-RADS range of its class; all images of a patient\n"
             "share the class. --n is rounded up to whole patients (4 images each). The same seed\n"
             "writes the same bytes. --shortcut K burns a bright square into 90% of class K's images\n"
-            "(and no other class's), recorded in the manifest's artifact_bbox column."
+            "(and no other class's), recorded in the manifest's artifact_bbox column.\n"
+            "--style film writes digitised-film phantoms instead (the CBIS-DDSM kind): 16-bit RLE\n"
+            "Secondary Capture without window, laterality/view only in a series Laterality tag with\n"
+            "the view in PatientOrientation or in a per-image PatientID like Mass-Test_P_00012_RIGHT_MLO,\n"
+            "film-edge strips, large burned-in labels and a faint periphery; also 16-bit PNG and 8-bit\n"
+            "JPEG exports (manifest_png.csv, manifest_jpeg.csv) and breast, dense, pectoral, label and\n"
+            "film-edge masks."
         ),
         epilog=(
             "examples:\n  mammography synth --out phantoms --n 400 --seed 0\n"
-            "  mammography synth --out phantoms_shortcut --n 200 --size 512x416 --shortcut 4"
+            "  mammography synth --out phantoms_shortcut --n 200 --size 512x416 --shortcut 4\n"
+            "  mammography synth --out film --style film --n 40"
         ),
     )
     p.add_argument("--out", type=_path, default=Path("phantoms"), metavar="DIR", help="output folder")
     p.add_argument("--n", type=int, default=400, help="number of images (rounded up to a multiple of 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything written")
-    p.add_argument("--size", type=_size_arg, default="1024x832", metavar="HxW",
-                   help="image size; a single number is the rows, width = 0.8125 x rows")
+    p.add_argument("--style", choices=("clean", "film"), default="clean",
+                   help="clean digital phantoms, or digitised-film phantoms with their raster exports")
+    p.add_argument("--size", type=_size_arg, metavar="HxW",
+                   help="image size (default 1024x832, film 1024x640); a single number is the rows, "
+                        "width = 0.8125 x rows")
     p.add_argument("--shortcut", type=_density_class_arg, metavar="CLASS",
                    help="plant a bright marker on 90%% of this class's images (1-4 or A-D)")
     p.add_argument("--class-mix", type=_class_mix_arg, default="0.1,0.4,0.4,0.1", metavar="A,B,C,D",
@@ -182,16 +192,24 @@ def _run_synth(args) -> int:
     manifest = generate_dataset(
         args.out, n=args.n, seed=args.seed, size=args.size, class_mix=args.class_mix,
         shortcut=args.shortcut, val_frac=args.val_frac, compressed_share=args.compressed_share,
-        workers=args.workers, progress=args.progress,
+        workers=args.workers, progress=args.progress, style=args.style,
     )
     info = json.loads((manifest.parent / "synth.json").read_text())
     rows, cols = info["size"]
-    print(f"wrote {info['n_images']} phantom mammograms ({info['n_patients']} patients, "
-          f"{rows}x{cols}, seed {info['seed']}) to {manifest.parent}")
+    film = info.get("style") == "film"
+    print(f"wrote {info['n_images']} {'film-style ' if film else ''}phantom mammograms ({info['n_patients']} "
+          f"{'women' if film else 'patients'}, {rows}x{cols}, seed {info['seed']}) to {manifest.parent}")
     for k in range(1, 5):
         print(f"  class {class_title(k)}: {info['images_per_class'][str(k)]} images")
     split = info["images_per_split"]
-    print(f"  split by patient: {split['train']} train / {split['val']} val images")
+    print(f"  split by {'woman' if film else 'patient'}: {split['train']} train / {split['val']} val images")
+    if film:
+        styles = info["header_styles"]
+        print(f"  headers: {styles['series_tag']} images with a series Laterality tag, "
+              f"{styles['patient_id']} with laterality and view only in the PatientID")
+        for name in info["manifests"].values():
+            print(f"manifest: {manifest.parent / name}")
+        return 0
     encoder = "" if info["jpeg2000_available"] else " (no JPEG 2000 encoder installed)"
     print(f"  JPEG 2000 lossless: {info['jpeg2000_images']} files{encoder}; "
           f"MONOCHROME1: {info['monochrome1_images']} files")
@@ -457,11 +475,19 @@ def _add_analyze(sub):
                      help="longer side of the grid the maps and masks are compared on (e.g. --analysis-size 512)")
     cam.add_argument("--max-images", type=int, metavar="N",
                      help="analyse only the first N validation images by path (e.g. --max-images 50 for a quick look)")
-    th = p.add_argument_group("thresholds")
-    th.add_argument("--outside-threshold", type=float, default=0.7, metavar="SHARE",
-                    help="an image is flagged when more than this share of its heatmap mass lies outside the breast")
-    th.add_argument("--border-threshold", type=float, default=0.2, metavar="SHARE",
-                    help="... when more than this share lies in the border band (3 %% of each side)")
+    th = p.add_argument_group(
+        "thresholds",
+        "every share is judged against what a uniform map puts in the same region of the same image: outside the "
+        "breast, in the border band and on film edges by the odds ratio (share/(1-share)) / (area/(1-area)), on "
+        "markers by share/area; both are 1 for a uniform map",
+    )
+    th.add_argument("--outside-ratio", type=float, default=2.0, metavar="X",
+                    help="an image is flagged when its attention is more than X times as dense outside the breast "
+                         "as inside, relative to a uniform map (odds ratio)")
+    th.add_argument("--border-ratio", type=float, default=2.0, metavar="X",
+                    help="... the same for the border band (3 %% of each side)")
+    th.add_argument("--film-edge-ratio", type=float, default=2.0, metavar="X",
+                    help="... the same for film-edge strips (digitised film)")
     th.add_argument("--marker-enrichment", type=float, default=3.0, metavar="X",
                     help="... when its share on detected markers is more than X times the markers' area share")
     th.add_argument("--max-flag-rate", type=float, default=0.1, metavar="RATE",
@@ -506,8 +532,9 @@ def _run_analyze(args) -> int:
         device=args.device, cache_dir=args.cache_dir or default_cache_dir(), roi_dir=args.roi_dir,
         manifest=args.manifest, dense_source=args.dense_source, max_images=args.max_images,
         marker_occlusion=args.marker_occlusion,
-        spurious=SpuriousThresholds(outside_breast=args.outside_threshold, border=args.border_threshold,
-                                    marker_enrichment=args.marker_enrichment, max_flag_rate=args.max_flag_rate),
+        spurious=SpuriousThresholds(outside_breast_ratio=args.outside_ratio, border_ratio=args.border_ratio,
+                                    film_edge_ratio=args.film_edge_ratio, marker_enrichment=args.marker_enrichment,
+                                    max_flag_rate=args.max_flag_rate),
         faithfulness=args.faithfulness, faithfulness_images=args.faithfulness_images,
         faithfulness_steps=args.faithfulness_steps, faithfulness_baseline=args.faithfulness_baseline,
         sanity=args.sanity, sanity_images=args.sanity_images, seed=args.seed, progress=args.progress,
@@ -524,6 +551,8 @@ def _run_analyze(args) -> int:
         s = analysis.summary["spurious"] or {}
         flag = f"flagged ({', '.join(s['reasons'])})" if s.get("flagged") else "not flagged"
         print(f"seed {label}: {analysis.summary['n_images']} images, spurious attention {flag}")
+        if analysis.summary.get("collapse"):
+            print(f"warning: seed {label}: {analysis.summary['collapse']}")
     if result.consistency is not None:
         c = result.consistency.summary
         print(f"consistency: {c['n_high_agreement']} of {c['n_images']} shared images high agreement")
@@ -655,6 +684,8 @@ def _run_report_pack(args) -> int:
     result = report_pack(args.runs, args.cv_runs, options, outputs_root=args.outputs_root)
     for check in result.checks:
         print(check.message())
+    for line in result.warnings:
+        print(f"warning: {line}")
     overlays = [p for p in result.written if p.suffix == ".png" and "gradcam" in p.parent.parts[-2:-1]]
     for path in result.written:
         if path.suffix == ".png" and path not in overlays:

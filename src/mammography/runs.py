@@ -340,13 +340,12 @@ class Run:
         -------
         mammography.data.dataset.MammogramDataset
         """
-        from mammography.data.dataset import MammogramDataset
+        from mammography.data.dataset import MammogramDataset, laterality_hints
 
         table = self.predictions if rows is None else self.predictions.iloc[list(rows)]
-        lateralities = table["laterality"].tolist() if "laterality" in table else None
         labels = table["y_true"].astype(int).tolist()
         return MammogramDataset(table["image_path"].astype(str).tolist(), labels, cache_dir=cache_dir,
-                                preprocessing=self.preprocessing, lateralities=lateralities)
+                                preprocessing=self.preprocessing, laterality_hints=laterality_hints(table))
 
     def require_images(self) -> None:
         """Raise :class:`ImageReadError` naming every place tried when an image is missing."""

@@ -12,7 +12,9 @@ density model that looks at the right thing should
 
 The dense-tissue mask is the phantom's known mask (its ``roi_path``) or, for
 real images without one, an estimate: breast pixels brighter than Otsu's
-threshold of the breast's intensities (:func:`estimate_dense_tissue`).
+threshold of the breast's intensities, the pectoral muscle of MLO views left
+out (:func:`estimate_dense_tissue`): it is as bright as dense tissue, and
+BI-RADS density is judged without it.
 """
 
 from __future__ import annotations
@@ -65,20 +67,25 @@ class PatternResult:
         return asdict(self)
 
 
-def estimate_dense_tissue(pixels: np.ndarray, breast: np.ndarray) -> np.ndarray:
+def estimate_dense_tissue(pixels: np.ndarray, breast: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
     """Estimate the dense-tissue mask of an image without one: breast pixels above Otsu's threshold.
 
     Parameters
     ----------
     pixels : float (H, W), dense = bright.
     breast : bool (H, W) breast mask.
+    exclude : bool (H, W) part of the breast that is no breast tissue (the
+        pectoral muscle, :func:`mammography.io.pectoral_mask`): left out of
+        the threshold and of the result.
 
     Returns
     -------
-    bool (H, W), inside ``breast``.
+    bool (H, W), inside ``breast`` and outside ``exclude``.
     """
     p = np.asarray(pixels, dtype=np.float64)
     b = check_region(breast, p.shape, "breast mask")
+    if exclude is not None:
+        b = b & ~check_region(exclude, p.shape, "excluded region")
     values = p[b]
     threshold = otsu_threshold(values) if values.size >= 2 else None
     if threshold is None:

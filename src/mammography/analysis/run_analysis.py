@@ -23,14 +23,21 @@ Where the masks come from
 -------------------------
 * **breast**: the ``breast_mask_path`` PNG when the predictions or the
   manifest name one, else :func:`mammography.io.breast_mask` of the image;
-* **markers**: :func:`~mammography.analysis.spurious.detect_markers` on the
-  image at model resolution, plus ``artifact_bbox`` when known;
+* **markers and film edges**: :func:`~mammography.analysis.spurious.find_burned_in`
+  on the image at model resolution, plus ``artifact_bbox`` when known;
 * **ROI**: ``roi_path``, else ``<roi_dir>/<image stem>{,_roi,_mask,_dense}.png``;
 * **dense tissue** (``dense_source``): ``"roi"`` uses the ROI masks (the
   phantoms' ROI *is* their dense tissue), ``"estimate"`` thresholds the
-  breast's intensities (Otsu), ``"auto"`` uses the ROI when the images belong
-  to a phantom set written by ``mammography synth`` (a ``synth.json`` in one
-  of the image's three parent folders) and estimates otherwise.
+  breast's intensities (Otsu) without the pectoral muscle of MLO views
+  (:func:`mammography.io.pectoral_mask`, told the view the run resolved),
+  ``"auto"`` uses the ROI when the images belong to a phantom set written by
+  ``mammography synth`` (a ``synth.json`` in one of the image's three parent
+  folders) and estimates otherwise.
+
+The per-image table also says each image's laterality and view and where
+they came from (the run's ``val_predictions.csv``, else as the image was
+prepared), and whether the run's predictions have collapsed to one output
+(``summary["collapse"]``, :func:`mammography.training.metrics.prediction_collapse`).
 
 Images are read once each (through the run's ``MammogramDataset``, so a warm
 decoded-image cache means no decoding at all): markers and the breast mask
@@ -81,7 +88,7 @@ from mammography.analysis.spurious import (
     BORDER_FRACTION,
     SpuriousThresholds,
     bbox_mask,
-    detect_markers,
+    find_burned_in,
     image_flags,
     parse_bbox,
     spurious_shares,
@@ -89,7 +96,8 @@ from mammography.analysis.spurious import (
 )
 from mammography.atomic import write_atomic
 from mammography.csvfiles import csv_bytes
-from mammography.errors import ConfigError, RunError
+from mammography.errors import ConfigError, ImageReadError, RunError
+from mammography.training.metrics import prediction_collapse
 from mammography.io.geometry import Geometry
 from mammography.io.mask import read_mask_file
 
@@ -236,10 +244,15 @@ class ImageRegions:
     breast_bits: np.ndarray
     marker_bits: np.ndarray
     n_markers: int = 0
+    film_edge_bits: np.ndarray | None = None
+    n_film_edges: int = 0
 
     @classmethod
-    def from_masks(cls, breast: np.ndarray, markers: np.ndarray, n_markers: int) -> "ImageRegions":
-        return cls(tuple(breast.shape), np.packbits(breast.ravel()), np.packbits(markers.ravel()), int(n_markers))
+    def from_masks(cls, breast: np.ndarray, markers: np.ndarray, n_markers: int,
+                   film_edges: np.ndarray | None = None, n_film_edges: int = 0) -> "ImageRegions":
+        edges = None if film_edges is None or not film_edges.any() else np.packbits(film_edges.ravel())
+        return cls(tuple(breast.shape), np.packbits(breast.ravel()), np.packbits(markers.ravel()), int(n_markers),
+                   edges, int(n_film_edges))
 
     def _unpack(self, bits: np.ndarray, shape=None) -> np.ndarray:
         n = self.shape[0] * self.shape[1]
@@ -253,6 +266,13 @@ class ImageRegions:
     def markers(self, shape: tuple[int, int] | None = None) -> np.ndarray:
         """Marker mask (resampled to ``shape`` when given, any overlap kept)."""
         m = self._unpack(self.marker_bits)
+        return m if shape is None or tuple(shape) == self.shape else resize_mask_any(m, shape)
+
+    def film_edges(self, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """Film-edge strip mask (all False without strips; resampled to ``shape`` when given)."""
+        if self.film_edge_bits is None:
+            return np.zeros(self.shape if shape is None else tuple(shape), dtype=bool)
+        m = self._unpack(self.film_edge_bits)
         return m if shape is None or tuple(shape) == self.shape else resize_mask_any(m, shape)
 
 
@@ -318,15 +338,18 @@ class RunAnalysis:
 
     def _dataset(self):
         if self.dataset is None:
-            from mammography.data.dataset import MammogramDataset
+            from mammography.data.dataset import MammogramDataset, laterality_hints
+            from mammography.data.preprocess import Preprocessing
 
             info = self.summary["run"]
-            self.dataset = MammogramDataset(
-                self.image_paths,
-                img_size=info["img_size"],
-                normalise_laterality=info["normalise_laterality"],
-                cache_dir=self.options.cache_dir,
-            )
+            # the run's own record; analyses written before it existed were of this project's runs
+            record = info.get("preprocessing") or {"pipeline": "fit-pad", "version": "1",
+                                                    "normalise_laterality": info["normalise_laterality"]}
+            preprocessing = Preprocessing.from_record(record, img_size=info["img_size"], mean=info.get("mean"),
+                                                      std=info.get("std"))
+            self.dataset = MammogramDataset(self.image_paths, cache_dir=self.options.cache_dir,
+                                            preprocessing=preprocessing,
+                                            laterality_hints=laterality_hints(self.table))
         return self.dataset
 
     def write(self, out_dir: str | Path) -> list[Path]:
@@ -368,6 +391,11 @@ class RunAnalysis:
             "n_markers": np.array([r.n_markers for r in self.regions], dtype=np.int64),
             "breast_bits": _ragged([r.breast_bits for r in self.regions]),
             "marker_bits": _ragged([r.marker_bits for r in self.regions]),
+            # film edges: only the images that have strips, and which images those are
+            "n_film_edges": np.array([r.n_film_edges for r in self.regions], dtype=np.int64),
+            "film_edge_index": np.array([i for i, r in enumerate(self.regions) if r.film_edge_bits is not None],
+                                        dtype=np.int64),
+            "film_edge_bits": _ragged([r.film_edge_bits for r in self.regions if r.film_edge_bits is not None]),
         }
 
 
@@ -518,6 +546,7 @@ class ImageMasks:
         and the markers), [0, 1].
     breast_model : bool (S, S) breast mask in model space (where the
         randomisation check compares maps).
+    film_edges : bool film-edge strips on the grid.
     """
 
     regions: ImageRegions
@@ -526,6 +555,7 @@ class ImageMasks:
     markers_model: np.ndarray
     background: float
     breast_model: np.ndarray
+    film_edges: np.ndarray | None = None
 
 
 def _into_square(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -560,20 +590,22 @@ def image_regions(
     -------
     ImageMasks
     """
-    from mammography.io import breast_mask
+    from mammography.io import segment_breast
 
     # the image at model resolution in its own orientation: fine enough for thin marker strokes
     frame = dataclasses.replace(geometry, original_shape=tuple(geometry.resized_shape))
     display = np.clip(frame.to_original(square), 0.0, 1.0)
     image = np.clip(map_to_grid(square, geometry, grid), 0.0, 1.0) if with_image else None
+    segmentation = segment_breast(display)
     if not _is_missing(breast_mask_path):
         breast_full = read_mask_file(breast_mask_path, "breast mask")
         breast = _mask_on_grid(breast_full, geometry.original_shape, grid, breast_mask_path, "breast mask")
         breast_model = _mask_on_grid(breast_full, geometry.original_shape, display.shape, breast_mask_path, "breast mask")
     else:
-        breast_model = breast_mask(display)
+        breast_model = segmentation.breast
         breast = resize_mask(breast_model, grid)
-    markers_model, n_markers = detect_markers(display, breast_model)
+    burned_in = find_burned_in(display, breast_model, film_edges=segmentation.film_edges)
+    markers_model, n_markers = burned_in.markers, burned_in.n_markers
     bbox = parse_bbox(artifact_bbox) if not _is_missing(artifact_bbox) else None
     if bbox is not None:
         H, W = geometry.original_shape
@@ -584,13 +616,14 @@ def image_regions(
             n_markers += 1
         markers_model |= known
     markers = resize_mask_any(markers_model, grid)
-    rest = ~(breast_model | markers_model)
+    film_edges = resize_mask_any(burned_in.film_edges, grid)
+    rest = ~(breast_model | markers_model | burned_in.film_edges)
     background = float(np.median(display[rest])) if rest.any() else 0.0
     in_square = _into_square(markers_model, geometry)
     if in_square.any():  # a pixel of margin covers the resampling halo
         in_square = ndimage.binary_dilation(in_square, iterations=1)
-    return ImageMasks(ImageRegions.from_masks(breast, markers, n_markers), breast, image, in_square, background,
-                      _into_square(breast_model, geometry))
+    regions = ImageRegions.from_masks(breast, markers, n_markers, film_edges, burned_in.n_film_edges)
+    return ImageMasks(regions, breast, image, in_square, background, _into_square(breast_model, geometry), film_edges)
 
 
 # ---------------------------------------------------------------------------
@@ -738,11 +771,14 @@ def analyze_maps(
             "confidence": float(probs[i, y_pred[i] - 1]),
             "target": int(y_pred[i]),
         }
-        sp = spurious_shares(heat, breast, reg.markers(), options.border_fraction, reg.n_markers)
-        for kind in ("outside_breast", "border", "marker"):
+        sp = spurious_shares(heat, breast, reg.markers(), options.border_fraction, reg.n_markers,
+                             film_edges=masks.film_edges, n_film_edges=reg.n_film_edges)
+        for kind in ("outside_breast", "border", "marker", "film_edge"):
             rec[f"{kind}_share"] = getattr(sp, kind)
             rec[f"{kind}_area"] = getattr(sp, f"{kind}_area")
         rec["n_markers"] = sp.n_markers
+        rec["n_film_edges"] = sp.n_film_edges
+        rec.update(_orientation_columns(row, prepared))
         roi_path = row.get("roi_path")
         roi_file = Path(roi_path) if not _is_missing(roi_path) else _find_roi(paths[i], options.roi_dir)
         roi = None
@@ -760,7 +796,7 @@ def analyze_maps(
             raise ConfigError(f"--dense-source roi needs an ROI mask for every image; none for {paths[i]}")
         if not use_roi and image is None:
             image = np.clip(map_to_grid(prepared.square, geom, grid), 0.0, 1.0)
-        dense = roi if use_roi else estimate_dense_tissue(image, breast)
+        dense = roi if use_roi else _estimate_dense(image, breast, rec.get("view"))
         dense_sources.add("roi" if use_roi else "estimate")
         rec.update(pattern_metrics(heat, breast, dense, options.attention_threshold).to_dict())
         records.append(rec)
@@ -812,6 +848,7 @@ def analyze_maps(
             f"{options.analysis_size} px"
         ),
         "n_images": n,
+        "collapse": prediction_collapse(probs),
         "n_with_roi": roi_count,
         "dense_source": "+".join(sorted(dense_sources)) or None,
         "targets": "predicted class",
@@ -856,6 +893,27 @@ def _stored_beside(run, check, paths: list[str]) -> pd.Series:
     position = {str(p): i for i, p in enumerate(run.predictions["image_path"].astype(str))}
     stored = run.stored.y_pred[[position[p] for p in paths]]
     return pd.Series(stored, dtype="Int64").where(differs)
+
+
+def _orientation_columns(row, prepared) -> dict:
+    """Laterality and view of one image and where they came from: the run's predictions when they say
+    (what training resolved), else as the image was prepared here."""
+    out = {}
+    for key in ("laterality", "view"):
+        stored, source = row.get(key), row.get(f"{key}_source")
+        if not _is_missing(stored) and not _is_missing(source):
+            out[key], out[f"{key}_source"] = str(stored), str(source)
+        else:
+            out[key], out[f"{key}_source"] = getattr(prepared, key, None), getattr(prepared, f"{key}_source", None)
+    return out
+
+
+def _estimate_dense(image: np.ndarray, breast: np.ndarray, view) -> np.ndarray:
+    """Dense-tissue estimate without the pectoral muscle (looked for unless the view is CC)."""
+    from mammography.io import pectoral_mask
+
+    muscle = pectoral_mask(image, breast, view=None if _is_missing(view) else str(view))
+    return estimate_dense_tissue(image, breast, exclude=muscle)
 
 
 def _marker_occlusion(model, dataset, jobs, probs, y_pred, run, options: AnalysisOptions) -> pd.DataFrame:
@@ -1140,15 +1198,25 @@ def load_run_analysis(path: str | Path) -> RunAnalysis:
         shapes = [tuple(int(v) for v in s) for s in z["grid_shapes"]]
         n_markers = z["n_markers"]
         breast_bits, marker_bits = z["breast_bits"], z["marker_bits"]
+        # analyses written before film edges were measured have none
+        n_edges = z["n_film_edges"] if "n_film_edges" in z.files else np.zeros(len(shapes), dtype=np.int64)
+        edge_index = z["film_edge_index"].tolist() if "film_edge_index" in z.files else []
+        edge_bits = z["film_edge_bits"] if "film_edge_bits" in z.files else np.zeros(0, dtype=np.uint8)
+    edges, edge_offset = {}, 0
+    for k in edge_index:
+        size = (shapes[k][0] * shapes[k][1] + 7) // 8
+        edges[k] = edge_bits[edge_offset : edge_offset + size]
+        edge_offset += size
     regions, offset = [], 0
     for k, shape in enumerate(shapes):
         size = (shape[0] * shape[1] + 7) // 8
         regions.append(
-            ImageRegions(shape, breast_bits[offset : offset + size], marker_bits[offset : offset + size], int(n_markers[k]))
+            ImageRegions(shape, breast_bits[offset : offset + size], marker_bits[offset : offset + size],
+                         int(n_markers[k]), edges.get(k), int(n_edges[k]))
         )
         offset += size
     opts = {k: v for k, v in summary.get("options", {}).items() if k in {f.name for f in dataclasses.fields(AnalysisOptions)}}
-    opts["spurious"] = SpuriousThresholds(**opts.get("spurious", {}))
+    opts["spurious"] = SpuriousThresholds.from_dict(opts.get("spurious"))
     for k in ("cache_dir", "roi_dir", "manifest"):
         opts[k] = None if opts.get(k) is None else Path(opts[k])
     options = AnalysisOptions(**opts)

@@ -239,7 +239,7 @@ def prediction_table(run, maps: RunMaps, check) -> pd.DataFrame:
         stored_conf = run.stored.probs[np.arange(len(stored_pred)), stored_pred - 1]
         out["stored_y_pred"] = pd.Series(stored_pred, dtype="Int64").where(differs)
         out["stored_confidence"] = np.where(differs, stored_conf, np.nan)
-    for column in ("accession", "patient_id", "view", "laterality"):
+    for column in ("accession", "patient_id", "view", "view_source", "laterality", "laterality_source"):
         if column in run.predictions.columns:
             out[column] = run.predictions[column].to_numpy()
     return out

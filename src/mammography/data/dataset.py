@@ -16,6 +16,10 @@ Hashing a large file costs a read of it, so the hash is memoised by
 ``(absolute path, size, mtime)``: in memory for the dataset's lifetime and on
 disk in the cache, so a later run does not read the file at all.
 
+Each square carries the laterality and view it was prepared with and their
+sources (:func:`mammography.io.with_orientation`: manifest hint, header
+tags, PatientID and name tokens, the image), stored beside it in the cache.
+
 The square is stored in the pipeline's integer form (uint16 for this
 project's runs, uint8 -- exactly what the model saw -- for the earlier
 project's). Squares made without a cache go through the same rounding, so a
@@ -45,8 +49,10 @@ from mammography.data.preprocess import (
 from mammography.errors import ConfigError, ImageReadError, OutputError, printable
 from mammography.io.files import require_regular_file
 from mammography.io.geometry import Geometry
+from mammography.io.orientation import normalise_laterality as _laterality_value
 
 __all__ = [
+    "laterality_hints",
     "PREPROCESS_VERSION",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -57,6 +63,19 @@ __all__ = [
 ]
 
 _HASH_CHUNK = 1 << 20
+
+
+def laterality_hints(table) -> list | None:
+    """The ``laterality`` column of a manifest or ``val_predictions.csv`` table as
+    :class:`MammogramDataset` hints (None when the table has no such column).
+
+    A run's predictions record the laterality each validation image was
+    flipped by in training, so passing them makes every later command flip
+    the image the same way.
+    """
+    if table is None or "laterality" not in getattr(table, "columns", ()):
+        return None
+    return table["laterality"].tolist()
 
 
 def default_cache_dir() -> Path:
@@ -142,24 +161,26 @@ class DecodedImageCache:
         if not meta.is_file():
             return None
         try:
-            geometry = Geometry.from_dict(json.loads(meta.read_text()))
+            record = json.loads(meta.read_text())
+            geometry = Geometry.from_dict(record)
             stored = np.load(npy, allow_pickle=False)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None  # damaged entry: treat as a miss, it is rewritten
         size = self.img_size
         if stored.shape not in ((size, size), (3, size, size)):
             return None
         try:
-            return self.preprocessing.dequantise(stored, geometry)
+            prepared = self.preprocessing.dequantise(stored, geometry)
         except ConfigError:  # another pipeline's dtype under this key: a miss
             return None
+        return prepared.with_orientation(record.get("orientation"))
 
     def store(self, path: str | Path, prepared: PreparedImage, laterality: str | None = None) -> None:
         """Write ``prepared`` as the entry of ``path`` (silently skipped if the cache is read-only)."""
         npy, meta = self.entry_paths(path, laterality)
         pixels = prepared.channels if prepared.channels is not None else prepared.square
         stored = self.preprocessing.quantise(pixels)
-        text = json.dumps(prepared.geometry.to_dict())
+        text = json.dumps({**prepared.geometry.to_dict(), "orientation": prepared.orientation()})
         _cache_write(npy, lambda handle: np.save(handle, stored, allow_pickle=False))
         if npy.is_file():  # the geometry marks the entry complete: only after its square
             _cache_write(meta, text.encode())
@@ -184,11 +205,6 @@ def _label_index(label) -> int:
     return value - 1
 
 
-def _laterality_hint(value) -> str | None:
-    text = str(value).strip().upper() if value is not None else ""
-    return text if text in ("L", "R") else None
-
-
 class MammogramDataset(Dataset):
     """Mammograms as model input tensors, made by a run's preprocessing.
 
@@ -205,8 +221,10 @@ class MammogramDataset(Dataset):
     cache_dir : folder of the decoded-image cache; ``None`` decodes every
         time (library default: nothing is written unless asked). Training uses
         :func:`default_cache_dir` unless ``--no-cache``.
-    lateralities : per path ``'L'``/``'R'`` known from the manifest (else
-        None), used for the mirroring instead of the file's own tag.
+    laterality_hints : the manifest's laterality per path (L/R/LEFT/RIGHT,
+        anything else = no hint), or ``None``; where the run's preprocessing
+        record says so, it comes first when deciding the flip
+        (:func:`mammography.io.resolve_laterality`).
 
     Items are ``dict(image=Tensor (3, S, S) float32, label=int, index=int)``:
     the grayscale square replicated to three channels, then normalised.
@@ -223,18 +241,19 @@ class MammogramDataset(Dataset):
         cache_dir: str | Path | None = None,
         *,
         preprocessing: Preprocessing | None = None,
-        lateralities: Sequence[str | None] | None = None,
+        laterality_hints: Sequence | None = None,
     ):
         self.paths = [Path(p) for p in paths]
         if labels is not None and len(labels) != len(self.paths):
             raise ConfigError(f"{len(labels)} labels for {len(self.paths)} images")
-        if lateralities is not None and len(lateralities) != len(self.paths):
-            raise ConfigError(f"{len(lateralities)} lateralities for {len(self.paths)} images")
+        if laterality_hints is not None and len(laterality_hints) != len(self.paths):
+            raise ConfigError(f"{len(laterality_hints)} laterality hints for {len(self.paths)} images")
         self.labels = [(-1 if labels is None else _label_index(labels[i])) for i in range(len(self.paths))]
         if preprocessing is None:
             preprocessing = Preprocessing.fit_pad(img_size, mean, std, normalise_laterality)
         self.preprocessing = preprocessing
-        self.lateralities = [None] * len(self.paths) if lateralities is None else [_laterality_hint(v) for v in lateralities]
+        self.laterality_hints = [None] * len(self.paths) if laterality_hints is None else [
+            _laterality_value(v) for v in laterality_hints]
         self.cache = DecodedImageCache(cache_dir, preprocessing) if cache_dir is not None else None
 
     def __len__(self) -> int:
@@ -242,7 +261,7 @@ class MammogramDataset(Dataset):
 
     def prepared(self, i: int) -> PreparedImage:
         """Square and geometry of image ``i`` (from the cache when one is set)."""
-        path, laterality = self.paths[i], self.lateralities[i]
+        path, laterality = self.paths[i], self.laterality_hints[i]
         if self.cache is not None:
             return self.cache.get(path, laterality)
         return self.preprocessing.prepare(path, laterality)

@@ -30,7 +30,7 @@ with the run's ``mean`` / ``std``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +54,19 @@ __all__ = [
     "Preprocessing",
 ]
 
-#: bump when the way a file becomes a fit-pad square changes (io windowing,
-#: resizing, flipping, quantisation): old cache entries are then ignored
-PREPROCESS_VERSION = "1"
+#: the fit-pad rule's version; a run records the one it was trained with and
+#: keeps getting that input (:meth:`Preprocessing.prepare`):
+#: 1: files without a display window windowed by the whole image's 0.5/99.5 %
+#:    percentiles; laterality for the flip from the DICOM tags only;
+#: 2: no-window files windowed from the image's 0.5 % to the breast's 99.6 %
+#:    percentile; laterality from the manifest, the tags, PatientID and name
+#:    tokens, then the image itself
+PREPROCESS_VERSION = "2"
+#: what each fit-pad version reads (for :meth:`Preprocessing.prepare` and the record)
+_VERSION_RULES = {
+    "1": {"percentile_window": "image", "laterality_sources": ("ImageLaterality", "Laterality"), "hints": False},
+    "2": {"percentile_window": "breast", "laterality_sources": None, "hints": True},
+}
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 FIT_PAD = "fit-pad"
@@ -72,6 +82,9 @@ _DESCRIPTIONS = {
 _QUANT = {FIT_PAD: np.uint16, PIPELINES_CROP: np.uint8}
 
 
+_ORIENTATION_FIELDS = ("laterality", "laterality_source", "view", "view_source")
+
+
 @dataclass(frozen=True)
 class PreparedImage:
     """An image placed into the square model input, before normalisation.
@@ -83,11 +96,29 @@ class PreparedImage:
     geometry : how the original pixels map into ``square``.
     channels : float32 (3, S, S) when the model input's channels differ
         (a colour raster under the earlier project's rule), else None.
+    laterality, laterality_source, view, view_source : the laterality and
+        view the image was prepared with and where they came from
+        (:func:`mammography.io.with_orientation`); None when unknown.
     """
 
     square: np.ndarray
     geometry: Geometry
     channels: np.ndarray | None = None
+    laterality: str | None = None
+    laterality_source: str | None = None
+    view: str | None = None
+    view_source: str | None = None
+
+    def orientation(self) -> dict:
+        """``laterality, laterality_source, view, view_source`` as a dict (for tables and the cache)."""
+        return {k: getattr(self, k) for k in _ORIENTATION_FIELDS}
+
+    def with_orientation(self, values) -> "PreparedImage":
+        """The same image with the orientation fields of ``values`` (a dict or an object with them)."""
+        if not values:
+            return self
+        get = values.get if isinstance(values, dict) else (lambda k: getattr(values, k, None))
+        return replace(self, **{k: get(k) for k in _ORIENTATION_FIELDS})
 
 
 def _triple(values, name: str) -> tuple[float, float, float]:
@@ -111,9 +142,6 @@ class Preprocessing:
         statistics by default).
     normalise_laterality : mirror right breasts (fit-pad only).
     version : :data:`PREPROCESS_VERSION` of the fit-pad rule the run used.
-    laterality_from_manifest : the mirroring follows the manifest's
-        ``laterality`` column where it has one (before the file's tags); runs
-        recorded before this existed used the tags only.
     source : where the record came from (for messages; not compared).
     """
 
@@ -123,7 +151,6 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     normalise_laterality: bool = False
     version: str = PREPROCESS_VERSION
-    laterality_from_manifest: bool = False
     source: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -136,13 +163,16 @@ class Preprocessing:
         object.__setattr__(self, "normalise_laterality", bool(self.normalise_laterality))
         if self.pipeline == PIPELINES_CROP and self.normalise_laterality:
             raise ConfigError("the earlier project's pipeline never mirrored images; normalise_laterality must be False")
+        if self.pipeline == FIT_PAD and self.version not in _VERSION_RULES:
+            raise ConfigError(f"preprocessing version {self.version!r} is newer than this mammography knows "
+                              f"({', '.join(_VERSION_RULES)}); update mammography to use this run")
 
     # -- constructors ---------------------------------------------------------
     @classmethod
     def fit_pad(cls, img_size: int, mean=None, std=None, normalise_laterality: bool = True) -> "Preprocessing":
         """This project's rule (what ``train-density`` uses)."""
         return cls(FIT_PAD, img_size, IMAGENET_MEAN if mean is None else mean, IMAGENET_STD if std is None else std,
-                   normalise_laterality, laterality_from_manifest=True, source="train-density")
+                   normalise_laterality, source="train-density")
 
     @classmethod
     def pipelines_crop(cls, img_size: int, mean=None, std=None, source: str = "") -> "Preprocessing":
@@ -159,7 +189,6 @@ class Preprocessing:
             "mean": list(self.mean),
             "std": list(self.std),
             "normalise_laterality": self.normalise_laterality,
-            "laterality_from_manifest": self.laterality_from_manifest,
             "version": self.version,
             "quantisation": np.dtype(_QUANT[self.pipeline]).name,
             "description": _DESCRIPTIONS[self.pipeline],
@@ -183,7 +212,6 @@ class Preprocessing:
             std=_or_default(record.get("std", std), IMAGENET_STD),
             normalise_laterality=bool(record.get("normalise_laterality", False)),
             version=str(record.get("version", PREPROCESS_VERSION)),
-            laterality_from_manifest=bool(record.get("laterality_from_manifest", False)),
             source=source,
         )
 
@@ -194,21 +222,23 @@ class Preprocessing:
 
     def cache_key(self, laterality: str | None = None) -> str:
         """Everything that decides the (unnormalised) square, for the decoded-image cache."""
-        hint = f";lat={laterality}" if laterality and self.normalise_laterality and self.laterality_from_manifest else ""
+        hint = f";lat={laterality}" if laterality and self.normalise_laterality and self._rules()["hints"] else ""
         return (f"pipe={self.pipeline};size={self.img_size};flip={int(self.normalise_laterality)};"
                 f"prep={self.version};pkg={__version__}{hint}")
 
     # -- the input ----------------------------------------------------------------
+    def _rules(self) -> dict:
+        return _VERSION_RULES[self.version]
+
     def prepare(self, path: str | Path, laterality: str | None = None) -> PreparedImage:
         """Decode ``path`` and place it into the square, exactly as this run's model saw it.
 
         Parameters
         ----------
         path : the image file (DICOM, PNG, JPEG, TIFF).
-        laterality : ``'L'``/``'R'`` from the manifest; overrides the file's
-            own tag for the mirroring of fit-pad runs with
-            ``normalise_laterality`` and ``laterality_from_manifest`` (ignored
-            otherwise, as the run's training ignored it).
+        laterality : ``'L'``/``'R'`` from the manifest; for fit-pad runs of
+            version 2 it comes first when deciding the mirroring (version 1
+            runs were mirrored by the DICOM tags alone, and still are).
 
         Returns
         -------
@@ -226,15 +256,15 @@ class Preprocessing:
             from mammography.io.prepare import prepare_pipelines_input
 
             square, geometry = prepare_pipelines_input(read_pipelines_image(path), self.img_size)
-        else:
-            from mammography.io import prepare_input, read_mammogram
+            return self.dequantise(self.quantise(square), geometry)
+        from mammography.io import prepare_input, read_mammogram, with_orientation
 
-            mammogram = read_mammogram(path)
-            if self.laterality_from_manifest and laterality in ("L", "R"):
-                mammogram.laterality = laterality
-            square, geometry = prepare_input(mammogram, size=self.img_size,
-                                             normalise_laterality=self.normalise_laterality)
-        return self.dequantise(self.quantise(square), geometry)
+        rules = self._rules()
+        mammogram = with_orientation(read_mammogram(path, percentile_window=rules["percentile_window"]),
+                                     laterality_hint=laterality if rules["hints"] else None,
+                                     laterality_sources=rules["laterality_sources"])
+        square, geometry = prepare_input(mammogram, size=self.img_size, normalise_laterality=self.normalise_laterality)
+        return self.dequantise(self.quantise(square), geometry).with_orientation(mammogram)
 
     def quantise(self, square: np.ndarray) -> np.ndarray:
         """Square(s) in [0, 1] -> the stored integer form (uint16 fit-pad, uint8 earlier pipeline)."""

@@ -10,6 +10,17 @@ validation metrics. Every split here assigns whole *patients*:
 * rows whose ``patient_id`` is empty count as a patient of their own (keyed
   by ``image_path``), which is the safe assumption when nothing links them.
 
+Which images belong to one woman (:func:`patient_grouping`) is not always
+the ``patient_id``: archives of digitised film give every image its own id.
+
+* an id that ends in view/laterality tokens (``Mass-Test_P_00012_RIGHT_MLO``,
+  ``P123_L_CC``, ``P123-LCC``) names the woman by the part before them;
+* within an accession (one exam of one woman) whose images all have
+  different ids, the ids are per image and the accession is the woman.
+
+Rows linked either way are one group (transitively). The rule used is
+reported in words, for the training log and ``summary.json``.
+
 Functions take a manifest :class:`pandas.DataFrame` with at least
 ``image_path``, ``patient_id`` and ``density_label`` (1..4), as returned by
 :func:`mammography.data.load_manifest`.
@@ -17,7 +28,9 @@ Functions take a manifest :class:`pandas.DataFrame` with at least
 
 from __future__ import annotations
 
+import re
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -26,7 +39,10 @@ from sklearn.model_selection import StratifiedGroupKFold
 from mammography.errors import ConfigError, ManifestError
 
 __all__ = [
+    "PatientGrouping",
+    "patient_grouping",
     "patient_groups",
+    "strip_orientation_suffix",
     "patient_classes",
     "split_patients",
     "kfold_patients",
@@ -38,11 +54,51 @@ TRAIN = "train"
 VAL = "val"
 
 
-def patient_groups(df: pd.DataFrame) -> pd.Series:
-    """The patient key of every row (``patient_id``, or the image path when empty).
+_ORIENTATION_TOKENS = {"L", "R", "LEFT", "RIGHT", "CC", "MLO", "ML", "LM", "LCC", "RCC", "LMLO", "RMLO", "LML", "RML"}
+_NAMING_TOKENS = _ORIENTATION_TOKENS - {"L", "R"}  # a lone L/R at the end is too weak to strip on its own
+_SEPARATORS = re.compile(r"[_\-. ]+")
 
-    Returns a string Series aligned with ``df.index``.
+
+@dataclass(frozen=True)
+class PatientGrouping:
+    """Which rows are one woman.
+
+    Attributes
+    ----------
+    keys : str Series aligned with the manifest, the group of every row.
+    rule : short name of what grouped the rows: ``"patient_id"``, or a
+        combination of ``"patient_id without view/laterality suffix"`` and
+        ``"accession"`` joined by ``" + "``.
+    description : one line for the log (how many rows each rule joined).
     """
+
+    keys: pd.Series
+    rule: str
+    description: str
+
+
+def strip_orientation_suffix(patient_id: str) -> str:
+    """``patient_id`` without trailing view/laterality tokens (``P_00012_RIGHT_MLO`` -> ``P_00012``).
+
+    Only a suffix that holds a view or LEFT/RIGHT (or a joined ``LCC``) is
+    stripped, and never the whole id.
+    """
+    text = str(patient_id)
+    parts = _SEPARATORS.split(text.strip())
+    cut = len(parts)
+    while cut > 1 and parts[cut - 1].upper() in _ORIENTATION_TOKENS:
+        cut -= 1
+    suffix = {p.upper() for p in parts[cut:]}
+    if cut == len(parts) or not suffix & _NAMING_TOKENS:
+        return text
+    # cut the original text right before the first stripped token, dropping the separator
+    pattern = r"[_\-. ]+".join(re.escape(p) for p in parts[cut:]) + r"\s*$"
+    match = re.search(r"[_\-. ]+" + pattern, text)
+    return text[: match.start()] if match else text
+
+
+def patient_grouping(df: pd.DataFrame) -> PatientGrouping:
+    """The group (woman) of every row, and the rule that formed it (module docstring)."""
     for column in ("image_path", "density_label"):
         if column not in df.columns:
             raise ManifestError(f"manifest has no '{column}' column; it is needed to split the data")
@@ -52,8 +108,62 @@ def patient_groups(df: pd.DataFrame) -> pd.Series:
     else:
         pid = pd.Series(pd.NA, index=df.index, dtype="string")
         missing = pd.Series(True, index=df.index)
-    keys = pid.where(~missing, "image:" + df["image_path"].astype(str))
-    return keys.astype(str)
+    ids = pid.where(~missing, "image:" + df["image_path"].astype(str)).astype(str)
+    stripped = ids.where(missing, ids.map(strip_orientation_suffix))
+    n_stripped = int((stripped != ids).sum())
+    keys, rules = stripped.copy(), []
+    notes = []
+    if n_stripped:
+        rules.append("patient_id without view/laterality suffix")
+        notes.append(f"{n_stripped} ids carry a view/laterality suffix ({ids[stripped != ids].iloc[0]!r} -> "
+                     f"{stripped[stripped != ids].iloc[0]!r})")
+    per_image = _per_image_accessions(df, stripped)
+    if per_image:
+        keys = _join_by_accession(df, keys, per_image)
+        rules.append("accession")
+        notes.append(f"{len(per_image)} accessions hold images with a different patient id each: grouped by accession")
+    rule = " + ".join(rules) or "patient_id"
+    description = (
+        f"grouped {len(df)} images into {keys.nunique()} patients by {rule}"
+        + (f" ({'; '.join(notes)})" if notes else "")
+    )
+    return PatientGrouping(keys=keys.astype(str), rule=rule, description=description)
+
+
+def _per_image_accessions(df: pd.DataFrame, ids: pd.Series) -> list[str]:
+    """Accessions with two or more images whose ids all differ (ids per image, not per woman)."""
+    if "accession" not in df.columns:
+        return []
+    accession = df["accession"].astype("string").str.strip()
+    known = accession.notna() & (accession != "")
+    if not known.any():
+        return []
+    table = pd.DataFrame({"accession": accession[known], "id": ids[known]})
+    stats = table.groupby("accession")["id"].agg(["size", "nunique"])
+    return sorted(stats.index[(stats["size"] >= 2) & (stats["nunique"] == stats["size"])].astype(str))
+
+
+def _join_by_accession(df: pd.DataFrame, keys: pd.Series, accessions: list[str]) -> pd.Series:
+    """Rows of each of ``accessions`` become one group, with every row linked to them by its key."""
+    accession = df["accession"].astype("string").str.strip()
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    for acc in accessions:
+        members = keys[accession == acc].unique()
+        root = find(f"accession:{acc}")
+        for m in members:
+            parent[find(m)] = root
+    return keys.map(find)
+
+
+def patient_groups(df: pd.DataFrame) -> pd.Series:
+    """The patient key of every row (:func:`patient_grouping`), a string Series aligned with ``df.index``."""
+    return patient_grouping(df).keys
 
 
 def patient_classes(df: pd.DataFrame) -> pd.Series:
@@ -142,15 +252,15 @@ def kfold_patients(df: pd.DataFrame, k: int = 5, seed: int = 42) -> pd.Series:
 
 
 def split_table(df: pd.DataFrame, assignment: pd.Series) -> pd.DataFrame:
-    """The table saved as ``split.csv``: ``image_path, patient_id, split`` (or ``fold``)."""
+    """The table saved as ``split.csv``: ``image_path, patient_id, split`` (or ``fold``), with a
+    ``patient_group`` column before the split when the patients were grouped by more than their id."""
     patient = df["patient_id"] if "patient_id" in df.columns else pd.Series("", index=df.index)
-    return pd.DataFrame(
-        {
-            "image_path": df["image_path"].astype(str),
-            "patient_id": patient.fillna("").astype(str),
-            assignment.name or "split": assignment,
-        }
-    ).reset_index(drop=True)
+    grouping = patient_grouping(df)
+    columns = {"image_path": df["image_path"].astype(str), "patient_id": patient.fillna("").astype(str)}
+    if grouping.rule != "patient_id":
+        columns["patient_group"] = grouping.keys
+    columns[assignment.name or "split"] = assignment
+    return pd.DataFrame(columns).reset_index(drop=True)
 
 
 def check_no_patient_overlap(df: pd.DataFrame, assignment: pd.Series) -> None:

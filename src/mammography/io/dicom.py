@@ -12,7 +12,9 @@ The display pipeline of DICOM PS3.3 C.11 is applied in order:
      the display range it means);
    * else the first Window Center/Width pair, with VOILUTFunction LINEAR
      (default), LINEAR_EXACT or SIGMOID (formulas of C.11.2.1.2/C.11.2.1.3);
-   * else (or when the window is invalid) the robust 0.5/99.5 percentiles;
+   * else (or when the window is invalid) robust percentiles: 0.5 % of the
+     image, 99.6 % of the breast's pixels
+     (:func:`~mammography.io.mammogram.window_breast_percentiles`);
 
 3. MONOCHROME1 images are inverted last (after the VOI transform, where the
    standard puts the presentation inversion), so dense tissue is bright.
@@ -49,8 +51,9 @@ from mammography.io.mammogram import (
     Mammogram,
     check_dimensions,
     looks_like_bare_dicom,
-    window_percentiles,
+    window_without_display,
 )
+from mammography.io.orientation import VIEWS, normalise_laterality, orientation_from_path, orientation_from_text
 
 __all__ = ["decode_dicom", "read_dicom", "window_to_unit"]
 
@@ -72,9 +75,9 @@ def _corrupt_values_are_read_errors(read):
     malformed number) then raises anywhere in the reader. Those become one ImageReadError."""
 
     @functools.wraps(read)
-    def wrapper(path):
+    def wrapper(path, **options):
         try:
-            return read(path)
+            return read(path, **options)
         except ImageReadError:
             raise
         except MemoryError:
@@ -89,19 +92,23 @@ def _corrupt_values_are_read_errors(read):
 
 
 @_corrupt_values_are_read_errors
-def read_dicom(path: str | Path) -> Mammogram:
+def read_dicom(path: str | Path, *, percentile_window: str = "breast") -> Mammogram:
     """Read a single-frame grayscale DICOM image (uncompressed or compressed).
 
     Parameters
     ----------
     path : str or Path
         The DICOM file, with or without the 128-byte preamble.
+    percentile_window : the rule for a file without VOI LUT or window
+        (:func:`~mammography.io.mammogram.window_without_display`).
 
     Returns
     -------
     Mammogram
         float32 pixels in [0, 1], dense tissue bright; ``intensity_rule`` is
-        'voi_lut', 'window' or 'percentiles'.
+        'voi_lut', 'window' or 'breast_percentiles' ('percentiles' when no
+        breast is found); laterality and view with their sources (see
+        :mod:`mammography.io.orientation`).
 
     Raises
     ------
@@ -111,19 +118,23 @@ def read_dicom(path: str | Path) -> Mammogram:
     path = Path(path)
     ds, stored = decode_dicom(path)
     values = _modality_values(stored, ds, path)
-    pixels, rule = _apply_voi(values, ds, path)
     photometric = str(ds.PhotometricInterpretation).strip().upper()
+    pixels, rule = _apply_voi(values, ds, path, monochrome1=photometric == "MONOCHROME1",
+                              percentile_window=percentile_window)
     if photometric == "MONOCHROME1":
         pixels = np.subtract(1.0, pixels, dtype=np.float32)
+    (laterality, laterality_source), (view, view_source) = _orientation(ds, path)
     return Mammogram(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),
         original_shape=(int(pixels.shape[0]), int(pixels.shape[1])),
         pixel_spacing=_pixel_spacing(ds),
-        laterality=_laterality(ds),
-        view=_view(ds),
+        laterality=laterality,
+        view=view,
         photometric_interpretation=photometric,
         path=path,
         intensity_rule=rule,
+        laterality_source=laterality_source,
+        view_source=view_source,
     )
 
 
@@ -324,8 +335,9 @@ def _modality_values(stored: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
         ) from exc
 
 
-def _apply_voi(values: np.ndarray, ds: Dataset, path: Path) -> tuple[np.ndarray, str]:
-    """VOI LUT, else window, else percentiles; returns ([0, 1] float32, rule)."""
+def _apply_voi(values: np.ndarray, ds: Dataset, path: Path, monochrome1: bool = False,
+               percentile_window: str = "breast") -> tuple[np.ndarray, str]:
+    """VOI LUT, else window, else percentiles (inside the breast); returns ([0, 1] float32, rule)."""
     if _has_voi_lut(ds):
         try:
             return _apply_voi_lut(values, ds), "voi_lut"
@@ -338,7 +350,7 @@ def _apply_voi(values: np.ndarray, ds: Dataset, path: Path) -> tuple[np.ndarray,
             return window_to_unit(values, center, width, function), "window"
         except ValueError as exc:
             log.warning("%s: %s; using robust percentiles", path, exc)
-    return window_percentiles(values), "percentiles"
+    return window_without_display(values, monochrome1=monochrome1, percentile_window=percentile_window)
 
 
 def _has_voi_lut(ds: Dataset) -> bool:
@@ -442,18 +454,49 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     return None
 
 
-def _laterality(ds: Dataset) -> str | None:
-    """ImageLaterality when present (the image's own), else the series' Laterality."""
-    for keyword in ("ImageLaterality", "Laterality"):
-        value = str(ds.get(keyword, "") or "").strip().upper()
-        if value:
-            return value if value in ("L", "R") else None  # 'B' (both) or 'U' (unpaired)
-    return None
+def _orientation(ds: Dataset, path: Path) -> tuple[tuple[str | None, str | None], tuple[str | None, str | None]]:
+    """((laterality, source), (view, source)): header tags, then PatientID, file and folder name tokens.
+
+    An ImageLaterality of B (both) or U (unpaired) is the image's own word:
+    no other source is asked for its laterality.
+    """
+    laterality, settled = _tag_laterality(ds)
+    view = _tag_view(ds)
+    patient_lat, patient_view = orientation_from_text(ds.get("PatientID"))
+    path_lat, path_view = orientation_from_path(path)
+    if laterality[0] is None and not settled:
+        laterality = (patient_lat, "PatientID") if patient_lat else (path_lat.value, path_lat.source)
+    if view[0] is None:
+        view = (patient_view, "PatientID") if patient_view else (path_view.value, path_view.source)
+    return laterality, view
 
 
-def _view(ds: Dataset) -> str | None:
-    value = str(ds.get("ViewPosition", "") or "").strip().upper()
-    return value if value in ("CC", "MLO") else None
+def _tag_laterality(ds: Dataset) -> tuple[tuple[str | None, str | None], bool]:
+    """(value, source) from ImageLaterality (the image's own), else the series' Laterality; and whether
+    the tags settle it (an ImageLaterality of B or U says the image has no single side)."""
+    own = _text(ds.get("ImageLaterality"))
+    if own:
+        value = normalise_laterality(own)
+        return (value, "ImageLaterality" if value else None), True
+    value = normalise_laterality(_text(ds.get("Laterality")))
+    return (value, "Laterality" if value else None), False
+
+
+def _tag_view(ds: Dataset) -> tuple[str | None, str | None]:
+    """ViewPosition, else a PatientOrientation that literally holds a view (digitised film misuses it so)."""
+    value = _text(ds.get("ViewPosition")).upper()
+    if value in VIEWS:
+        return value, "ViewPosition"
+    orientation = ds.get("PatientOrientation")
+    parts = list(orientation) if isinstance(orientation, (list, tuple)) or type(orientation).__name__ == "MultiValue" else [orientation]
+    named = {str(p).strip().upper() for p in parts if p is not None} & set(VIEWS)
+    if len(named) == 1:
+        return named.pop(), "PatientOrientation"
+    return None, None
+
+
+def _text(value) -> str:
+    return str(value or "").strip()
 
 
 # -- small helpers --------------------------------------------------------------

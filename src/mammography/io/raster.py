@@ -10,16 +10,18 @@ become [0, 1] (``Mammogram.intensity_rule``):
 * 16-bit images whose values fit in 15 bits are raw 10-15-bit detector values
   in a 16-bit container (the usual export of 12- or 14-bit mammograms);
   dividing them by 65535 would give an almost black image, so they are
-  windowed by the robust 0.5/99.5 percentiles ('percentiles'), as a DICOM
-  file without a window is; so are other integer types;
+  windowed by robust percentiles (0.5 % of the image, 99.6 % of the breast:
+  'breast_percentiles'), as a DICOM file without a window is; so are other
+  integer types;
 * floating-point TIFFs are kept when already in [0, 1], else scaled by their
   own min/max ('range').
 
 Rasters are taken to show dense tissue bright (MONOCHROME2), except TIFFs
 marked min-is-white, which are inverted like DICOM MONOCHROME1. Colour images
 become luminance (ITU-R BT.601 weights: 0.299 R + 0.587 G + 0.114 B).
-Laterality, view and pixel spacing are unknown for rasters (None): a PNG's
-dpi is a display hint, not the detector pitch.
+Laterality and view come from the file and folder names when they carry
+them (``Mass-Test_P_00012_RIGHT_MLO.png``, ``..._L_CC.jpg``); pixel spacing
+is unknown (None): a PNG's dpi is a display hint, not the detector pitch.
 
 PNG and JPEG are decoded by Pillow, TIFF by tifffile (16-bit, planar and
 compressed TIFFs included).
@@ -34,7 +36,8 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from mammography.errors import ImageReadError
-from mammography.io.mammogram import Mammogram, check_dimensions, sniff_format, window_percentiles
+from mammography.io.mammogram import Mammogram, check_dimensions, sniff_format, window_without_display
+from mammography.io.orientation import orientation_from_path
 
 __all__ = ["read_raster", "raster_to_unit"]
 
@@ -42,7 +45,7 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 _GRAY_MODES = {"L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 
 
-def read_raster(path: str | Path, fmt: str | None = None) -> Mammogram:
+def read_raster(path: str | Path, fmt: str | None = None, *, percentile_window: str = "breast") -> Mammogram:
     """Read a PNG, JPEG or TIFF image as a mammogram.
 
     Parameters
@@ -56,7 +59,8 @@ def read_raster(path: str | Path, fmt: str | None = None) -> Mammogram:
     Returns
     -------
     Mammogram
-        float32 pixels in [0, 1]; laterality, view and pixel spacing None.
+        float32 pixels in [0, 1]; laterality and view from name tokens (else
+        None); pixel spacing None.
 
     Raises
     ------
@@ -72,32 +76,39 @@ def read_raster(path: str | Path, fmt: str | None = None) -> Mammogram:
         values, photometric = _load_pillow(path)
     else:
         raise ImageReadError(f"{path}: not a PNG, JPEG or TIFF file; convert it to one of these formats")
-    pixels, rule = raster_to_unit(values)
+    pixels, rule = raster_to_unit(values, monochrome1=photometric == "MONOCHROME1", percentile_window=percentile_window)
     if photometric == "MONOCHROME1":
         pixels = np.subtract(1.0, pixels, dtype=np.float32)
+    laterality, view = orientation_from_path(path)
     return Mammogram(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),
         original_shape=(int(pixels.shape[0]), int(pixels.shape[1])),
         pixel_spacing=None,
-        laterality=None,
-        view=None,
+        laterality=laterality.value,
+        view=view.value,
         photometric_interpretation=photometric,
         path=path,
         intensity_rule=rule,
+        laterality_source=laterality.source,
+        view_source=view.source,
     )
 
 
-def raster_to_unit(values: np.ndarray) -> tuple[np.ndarray, str]:
+def raster_to_unit(values: np.ndarray, *, monochrome1: bool = False,
+                   percentile_window: str = "breast") -> tuple[np.ndarray, str]:
     """Scale a 2-D raster to float32 [0, 1] with the module's bit-depth rule.
 
     Parameters
     ----------
     values : np.ndarray
         2-D array: uint8, uint16 (or another integer type) or float.
+    monochrome1 : the raster shows dense tissue dark (inverted afterwards by
+        the caller); the percentile window then finds the breast inverted.
 
     Returns
     -------
-    (pixels, rule) with rule 'bit_depth', 'percentiles' or 'range'.
+    (pixels, rule) with rule 'bit_depth', 'breast_percentiles' (or
+    'percentiles' when no breast is found) or 'range'.
     """
     if values.dtype == np.bool_:
         return values.astype(np.float32), "bit_depth"
@@ -107,7 +118,7 @@ def raster_to_unit(values: np.ndarray) -> tuple[np.ndarray, str]:
         lo, hi = int(values.min()), int(values.max())
         if values.dtype.itemsize <= 2 and lo >= 0 and hi >= 32768:
             return values.astype(np.float32) / np.float32(65535), "bit_depth"
-        return window_percentiles(values), "percentiles"
+        return window_without_display(values, monochrome1=monochrome1, percentile_window=percentile_window)
     x = np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = float(x.min()), float(x.max())
     if lo >= 0.0 and hi <= 1.0:

@@ -118,39 +118,48 @@ def _consistency_table(result: ConsistencyResult) -> AnalysisTable:
 
 def _spurious_table(analyses, labels) -> AnalysisTable:
     rows = []
-    for label, a in zip(labels, analyses):
-        s = a.summary.get("spurious")
+    summaries = [a.summary.get("spurious") for a in analyses]
+    with_edges = any(s and "film_edge" in s for s in summaries)
+    kinds = ("outside_breast", "border", "marker") + (("film_edge",) if with_edges else ())
+    for label, s in zip(labels, summaries):
         if not s:
             continue
         cells = [label]
-        for kind in ("outside_breast", "border", "marker"):
+        for kind in kinds:
             digits = 3 if kind == "marker" else 2
-            cells.append(f"{_ci(s[kind], digits)} ({format_value(s[kind]['area'], digits)})")
+            k = s.get(kind)
+            cells.append(_DASH if k is None else f"{_ci(k, digits)} ({format_value(k['area'], digits)})")
         marker = s["marker"]
         cells.append(_DASH if marker.get("occlusion_drop") is None else
                      f"{format_value(marker['occlusion_drop'], 2)} ({format_percent(marker.get('dependence_rate'))})")
         cells.append(format_percent(s["image_flag_rate"]))
         cells.append("yes: " + ", ".join(r.replace("_", " ") for r in s["reasons"]) if s["flagged"] else "no")
         rows.append(tuple(cells))
-    th = analyses[0].summary["spurious"]["thresholds"] if analyses and analyses[0].summary.get("spurious") else {}
+    th = next((s["thresholds"] for s in summaries if s), {})
     return AnalysisTable(
         key="spurious",
         label="tab:attention-spurious",
         caption=(
-            "Share of Grad-CAM mass outside the breast, in the border band (3 % of each image side) and on "
-            "burned-in markers found in the image, mean over validation images [95 % CI]; in parentheses the "
-            "share a uniform map would get. Drop without markers: mean fall of the predicted class's probability "
-            "when the markers are painted with the background (share of images above the threshold). "
-            "An image is flagged when more than "
-            f"{format_percent(th.get('outside_breast'))} of its mass lies outside the breast, more than "
-            f"{format_percent(th.get('border'))} in the border band, or its share on markers exceeds "
-            f"{format_value(th.get('marker_enrichment'), 1)} times their area or painting the markers over lowers the "
-            f"predicted class's probability by more than {format_value(th.get('marker_dependence'), 2)}; a run is flagged "
-            "when more than "
-            f"{format_percent(th.get('max_flag_rate'))} of its images are flagged for one kind or its mean exceeds the threshold."
+            "Share of Grad-CAM mass outside the breast, in the border band (3 % of each image side), on "
+            f"burned-in markers {'and on film-edge strips ' if with_edges else ''}found in the image, mean over "
+            "validation images [95 % CI]; in parentheses the share a uniform map would get. Drop without markers: "
+            "mean fall of the predicted class's probability when the markers are painted with the background (share "
+            "of images above the threshold). Each image is judged against a uniform map on the same image, because "
+            "the regions' areas differ from image to image (a digitised film is mostly background): outside the "
+            f"breast and in the border band{' and on film edges' if with_edges else ''} by the odds ratio "
+            "(share / (1 - share)) / (area / (1 - area)), which is 1 for a uniform map, and on markers by the "
+            "enrichment share / area. An image is flagged when the odds ratio outside the breast exceeds "
+            f"{format_value(th.get('outside_breast_ratio'), 1)}, in the border band "
+            f"{format_value(th.get('border_ratio'), 1)}"
+            + (f", on film edges {format_value(th.get('film_edge_ratio'), 1)}" if with_edges else "")
+            + f", when its enrichment on markers exceeds {format_value(th.get('marker_enrichment'), 1)} or painting "
+            f"the markers over lowers the predicted class's probability by more than "
+            f"{format_value(th.get('marker_dependence'), 2)}; a run is flagged when more than "
+            f"{format_percent(th.get('max_flag_rate'))} of its images are flagged for one kind or its mean ratio "
+            "exceeds the threshold."
         ),
-        headers=(_first_header(labels), "Outside breast", "Border band", "Markers", "Drop without markers",
-                 "Images flagged", "Run flagged"),
+        headers=(_first_header(labels), "Outside breast", "Border band", "Markers",
+                 *(("Film edges",) if with_edges else ()), "Drop without markers", "Images flagged", "Run flagged"),
         rows=tuple(rows),
     )
 

@@ -49,6 +49,7 @@ _KIND_TEXT = {
     "marker": "on burned-in markers",
     "border": "in the border band",
     "outside_breast": "outside the breast",
+    "film_edge": "on film-edge strips",
 }
 
 
@@ -196,6 +197,8 @@ def _region(analysis: RunAnalysis, i: int, kind: str) -> np.ndarray:
         return regions.markers()
     if kind == "border":
         return border_band(regions.shape, analysis.options.border_fraction)
+    if kind == "film_edge":
+        return regions.film_edges()
     return regions.breast()
 
 
@@ -240,7 +243,9 @@ def spurious_figure(
     for kind in kinds:
         column = f"{kind}_share"
         if column not in analysis.table.columns:
-            raise ConfigError(f"unknown spurious-attention kind {kind!r}; use marker, border or outside_breast")
+            raise ConfigError(
+                f"unknown spurious-attention kind {kind!r}; use marker, border, outside_breast or film_edge"
+            )
         shares = analysis.table[column].to_numpy(dtype=float)
         order = np.lexsort((analysis.table["image_path"].astype(str).to_numpy(), -np.nan_to_num(shares, nan=-1.0)))
         chosen = [int(i) for i in order[:n] if np.isfinite(shares[i])]
@@ -266,8 +271,9 @@ def spurious_caption(analysis: RunAnalysis, kinds=None, label: str | None = None
                 level += (f"; painting the markers over lowers the predicted class's probability by "
                           f"{format_value(k['occlusion_drop'], 2)} on average")
         else:
-            level = (f"mean share {format_value(k['mean'], 2)} (uniform map: {format_value(k['area'], 2)}; "
-                     f"threshold {format_value(k['threshold'], 2)})")
+            level = (f"mean share {format_value(k['mean'], 2)} (uniform map: {format_value(k['area'], 2)}), "
+                     f"odds ratio against a uniform map {format_value(k.get('ratio'), 1)} on average "
+                     f"(threshold {format_value(k['threshold'], 1)})")
         parts.append(f"{_KIND_TEXT[kind]}: {level}, {100 * k['image_flag_rate']:.0f} % of images flagged")
     verdict = "flagged" if s["flagged"] else "not flagged"
     return (

@@ -297,6 +297,7 @@ class ReportResult:
     selections : run id -> class label -> :class:`ClassSelection`.
     attention_summary : the attention analysis's summary sentences (empty without it).
     attention_seconds : wall time of the attention analysis (its figures and tables included).
+    warnings : one line per run whose output does not depend on the image (collapsed predictions).
     """
 
     written: tuple[Path, ...]
@@ -309,6 +310,7 @@ class ReportResult:
     selections: dict = field(default_factory=dict)
     attention_summary: tuple[str, ...] = ()
     attention_seconds: float = 0.0
+    warnings: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -753,6 +755,9 @@ def _report_pack(runs, cv_runs, options: ReportOptions, command: str, outputs_ro
     checks = [ev.check for ev in evaluated] + [ev.check for _, folds in cv_evaluated for ev in folds]
     for check in checks:
         (log.warning if check.n_disagree else log.info)("%s", check.message())
+    warnings = _collapse_warnings(evaluated + [f for _, folds in cv_evaluated for f in folds])
+    for line in warnings:
+        log.warning("%s", line)
     bad = [c for c in checks if c.n_disagree]
     if bad and options.strict:
         raise RunError(
@@ -779,6 +784,7 @@ def _report_pack(runs, cv_runs, options: ReportOptions, command: str, outputs_ro
         seeds=tuple(seed_entries), seed_table=seed_table, cvs=tuple(cv_entries), method=canonical_method(options.method),
         layer=main_layer, selection=describe_strategy(options.select), per_class=options.per_class,
         command=command, version=__version__, attention=attention,
+        notes=tuple(line[0].upper() + line[1:] + "." for line in warnings),
     )
     tex_path = Path(os.path.abspath(options.tex))
     md_path = Path(os.path.abspath(options.markdown))
@@ -811,7 +817,14 @@ def _report_pack(runs, cv_runs, options: ReportOptions, command: str, outputs_ro
     return ReportResult(written=tuple(written), assets_dir=assets_dir, tex=tex_path, markdown=md_path,
                         manifest=manifest_path, checks=tuple(checks), layouts=pack.layouts, selections=selections,
                         attention_summary=attention.sentences if attention is not None else (),
-                        attention_seconds=attention_seconds)
+                        attention_seconds=attention_seconds, warnings=tuple(warnings))
+
+
+def _collapse_warnings(evaluated) -> list[str]:
+    """``"<run id>: the model's output does not depend on the image ..."`` per collapsed run."""
+    from mammography.training.metrics import prediction_collapse
+
+    return [f"{ev.run.run_id}: {note}" for ev in evaluated if (note := prediction_collapse(ev.probs))]
 
 
 def _attention(pack: _Pack, evaluated: list[EvaluatedRun], options: ReportOptions):

@@ -74,6 +74,7 @@ MANIFEST_COLUMNS = (
 """Columns of ``manifest.csv``, in order."""
 
 DEFAULT_SIZE = (1024, 832)
+STYLES = ("clean", "film")
 DEFAULT_CLASS_MIX = (0.1, 0.4, 0.4, 0.1)
 VIEWS_PER_PATIENT = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
 SHORTCUT_SHARE = 0.9
@@ -158,10 +159,11 @@ def generate_dataset(
     out_dir,
     n: int = 400,
     seed: int = 0,
-    size=DEFAULT_SIZE,
+    size=None,
     class_mix=DEFAULT_CLASS_MIX,
     shortcut: int | None = None,
     *,
+    style: str = "clean",
     val_frac: float = 0.2,
     compressed_share: float = 0.2,
     monochrome1_share: float = 0.15,
@@ -179,7 +181,8 @@ def generate_dataset(
     seed : int
         Fixes every byte written.
     size : "HxW", int or (int, int)
-        Image size in pixels; see :func:`parse_size`.
+        Image size in pixels; see :func:`parse_size`. Default 1024 x 832
+        (clean) or 1024 x 640 (film, the aspect of a 4500 x 2800 scan).
     class_mix : sequence of 4 floats
         Share of *patients* per class 1..4 (normalised). Allocation is by
         largest remainder, with at least one patient for every class with a
@@ -197,6 +200,13 @@ def generate_dataset(
         images, else up to 8 CPUs. The output does not depend on it.
     progress : bool
         Show a tqdm progress bar on stderr.
+    style : {"clean", "film"}
+        ``"film"`` writes digitised-film phantoms instead
+        (:func:`mammography.synth.film_dataset.generate_film_dataset`: RLE
+        Secondary Capture DICOMs with film-edge strips, large labels and
+        laterality/view only in a series tag or the PatientID, plus PNG and
+        JPEG exports and their manifests); ``shortcut``,
+        ``compressed_share`` and ``monochrome1_share`` do not apply to it.
 
     Returns
     -------
@@ -208,7 +218,19 @@ def generate_dataset(
     ConfigError
         For an invalid parameter.
     """
-    shape = parse_size(size)
+    if style not in STYLES:
+        raise ConfigError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+    if style == "film":
+        if shortcut is not None:
+            raise ConfigError("--shortcut plants a marker in clean phantoms; it does not apply to --style film")
+        from mammography.synth.film import DEFAULT_FILM_SIZE
+        from mammography.synth.film_dataset import generate_film_dataset
+
+        return generate_film_dataset(
+            out_dir, n=n, seed=seed, size=DEFAULT_FILM_SIZE if size is None else size, class_mix=class_mix,
+            val_frac=val_frac, workers=workers, progress=progress,
+        )
+    shape = parse_size(DEFAULT_SIZE if size is None else size)
     mix = _check_mix(class_mix)
     n = _check_int("n", n, minimum=1)
     seed = _check_int("seed", seed, minimum=0)
@@ -535,22 +557,15 @@ def _dicom_dataset(phantom: Phantom, plan: _ImagePlan, seed: int):
         f"phantom: BI-RADS density class {plan.density_class}, "
         f"dense fraction {phantom.dense_fraction:.4f}"
     )
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME1" if plan.monochrome1 else "MONOCHROME2"
-    ds.Rows, ds.Columns = rows, cols
+    _set_pixels(ds, stored, plan.bits, "MONOCHROME1" if plan.monochrome1 else "MONOCHROME2")
     ds.PixelSpacing = [spacing, spacing]
     ds.ImagerPixelSpacing = [spacing, spacing]
-    ds.BitsAllocated = 16
-    ds.BitsStored = plan.bits
-    ds.HighBit = plan.bits - 1
-    ds.PixelRepresentation = 0
     ds.WindowCenter = f"{center:.1f}"
     ds.WindowWidth = f"{width:.1f}"
     ds.VOILUTFunction = "LINEAR"
     ds.RescaleIntercept = "0"
     ds.RescaleSlope = "1"
     ds.RescaleType = "US"
-    ds.PixelData = stored.tobytes()
     return ds, stored
 
 
@@ -567,11 +582,28 @@ def _write_dicom(path: Path, phantom: Phantom, plan: _ImagePlan, seed: int) -> b
             compressed = True
         except Exception as exc:  # encoder missing or refusing: keep it uncompressed
             logger.warning("%s: JPEG 2000 encoding failed (%s); writing it uncompressed", path.name, exc)
+    _save_dicom(path, ds)
+    return compressed
+
+
+def _save_dicom(path: Path, ds) -> None:
+    """Write a data set as a DICOM file (preamble, file meta), atomically, creating its folder."""
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, buffer.getvalue())
-    return compressed
+
+
+def _set_pixels(ds, stored: np.ndarray, bits: int, photometric: str) -> None:
+    """The Image Pixel module of a 16-bit container holding ``bits``-bit unsigned values."""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = (int(v) for v in stored.shape)
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = stored.tobytes()
 
 
 @contextlib.contextmanager

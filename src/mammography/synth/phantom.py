@@ -157,15 +157,7 @@ def make_phantom(
     -------
     Phantom
     """
-    if density_class not in TARGET_FRACTION_RANGES:
-        raise ValueError(f"density_class must be 1..4, got {density_class!r}")
-    if view not in VIEWS:
-        raise ValueError(f"view must be 'CC' or 'MLO', got {view!r}")
-    if laterality not in LATERALITIES:
-        raise ValueError(f"laterality must be 'L' or 'R', got {laterality!r}")
-    rows, cols = (int(shape[0]), int(shape[1]))
-    if rows < 64 or cols < 48:
-        raise ValueError(f"phantom shape must be at least 64x48, got {rows}x{cols}")
+    rows, cols = check_phantom_arguments(density_class, view, laterality, shape, (64, 48))
     rng = np.random.default_rng(seed)
     if dense_fraction is None:
         dense_fraction = float(rng.uniform(*TARGET_FRACTION_RANGES[density_class]))
@@ -212,6 +204,20 @@ def make_phantom(
         marker_bbox=marker_bbox,
         artifact_bbox=artifact_bbox,
     )
+
+
+def check_phantom_arguments(density_class, view, laterality, shape, smallest: tuple[int, int]) -> tuple[int, int]:
+    """Refuse what no phantom can be drawn for (``ValueError``); returns ``(rows, cols)``."""
+    if density_class not in TARGET_FRACTION_RANGES:
+        raise ValueError(f"density_class must be 1..4, got {density_class!r}")
+    if view not in VIEWS:
+        raise ValueError(f"view must be 'CC' or 'MLO', got {view!r}")
+    if laterality not in LATERALITIES:
+        raise ValueError(f"laterality must be 'L' or 'R', got {laterality!r}")
+    rows, cols = (int(shape[0]), int(shape[1]))
+    if rows < smallest[0] or cols < smallest[1]:
+        raise ValueError(f"phantom shape must be at least {smallest[0]}x{smallest[1]}, got {rows}x{cols}")
+    return rows, cols
 
 
 def power_law_noise(

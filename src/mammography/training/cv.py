@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mammography.data.splits import kfold_patients, split_table
+from mammography.data.splits import kfold_patients, patient_grouping, split_table
 from mammography.training.metrics import SCALAR_METRICS
 from mammography.training.reproducibility import collect_reproducibility
 from mammography.training.rundir import (
@@ -46,7 +46,7 @@ from mammography.training.rundir import (
     write_csv,
     write_json,
 )
-from mammography.training.train import TrainConfig, load_training_manifest, resolve_device, train_on_split
+from mammography.training.train import TrainConfig, load_training_manifest, resolve_device, train_on_split, warn_collapse
 
 __all__ = ["DEFAULT_CV_OUTDIR", "cross_validate", "summarise_folds"]
 
@@ -109,6 +109,7 @@ def cross_validate(config: TrainConfig, folds: int = 5) -> Path:
     config = copy.copy(config)
     config.validate()
     df = load_training_manifest(config)
+    log.info("patients: %s", patient_grouping(df).description)
     assignment = kfold_patients(df, k=folds, seed=config.seed)
     resolve_device(config.device)  # fail before creating folders
     base = f"results_k{int(folds)}_seed{int(config.seed)}"
@@ -116,10 +117,13 @@ def cross_validate(config: TrainConfig, folds: int = 5) -> Path:
     root = staging_run_dir(config.outdir, base=base)
     try:
         _cross_validate(config, folds, df, assignment, root)
-        return publish_run_dir(root, base=base)
+        published = publish_run_dir(root, base=base)
     except BaseException:
         discard_staging(root)
         raise
+    for fold in range(1, int(folds) + 1):
+        warn_collapse(published / f"fold_{fold}" / "results")
+    return published
 
 
 def _cross_validate(config: TrainConfig, folds: int, df: pd.DataFrame, assignment: pd.Series, root: Path) -> None:

@@ -41,7 +41,11 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["LABELS", "SCALAR_METRICS", "compute_metrics", "auc_ovr_present"]
+__all__ = ["COLLAPSE_STD", "LABELS", "SCALAR_METRICS", "compute_metrics", "auc_ovr_present", "prediction_collapse"]
+
+#: a model whose validation probabilities vary less than this across images (largest per-class standard
+#: deviation) gives every image the same output: its heatmaps carry no information about the images
+COLLAPSE_STD = 1e-3
 
 #: the 1-based density labels, in probability-column order
 LABELS: tuple[int, ...] = (1, 2, 3, 4)
@@ -139,3 +143,30 @@ def compute_metrics(y_true, y_pred, probs, labels=LABELS) -> dict:
             "n": int(len(y_true)),
         }
     return metrics
+
+
+def prediction_collapse(probs, threshold: float = COLLAPSE_STD) -> str | None:
+    """One line warning that the model's output does not depend on the image, or None.
+
+    A model trained on a small data set without pretrained weights can
+    collapse to one output: every validation image gets the same
+    probabilities (to 1e-8), and its Grad-CAM maps are the same for every
+    image. Measured as the largest per-class standard deviation of the
+    probabilities over the images.
+
+    Parameters
+    ----------
+    probs : (N, K) probabilities of N images (N >= 2 for a verdict).
+    threshold : collapse below this standard deviation (default :data:`COLLAPSE_STD`).
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] < 2:
+        return None
+    spread = float(np.nanmax(p.std(axis=0))) if p.size else math.nan
+    if not (math.isfinite(spread) and spread < threshold):
+        return None
+    return (
+        f"the model's output does not depend on the image: over {p.shape[0]} validation images the largest "
+        f"per-class standard deviation of its probabilities is {spread:.1e} (below {threshold:g}), so it predicts the "
+        "same for every image and its heatmaps carry no information"
+    )

@@ -75,7 +75,7 @@ PREDICTION_COLUMNS = (
     "p_D",
 )
 #: manifest columns appended after PREDICTION_COLUMNS when the manifest has them
-OPTIONAL_PREDICTION_COLUMNS = ("roi_path", "breast_mask_path")
+OPTIONAL_PREDICTION_COLUMNS = ("laterality_source", "view_source", "roi_path", "breast_mask_path")
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -227,9 +227,10 @@ def prediction_table(manifest_rows: pd.DataFrame, y_true, y_pred, probs) -> pd.D
 
     Returns
     -------
-    DataFrame with :data:`PREDICTION_COLUMNS` first, then ``roi_path`` and
-    ``breast_mask_path`` when the manifest has them. Missing optional manifest
-    columns (accession, view ...) are left empty.
+    DataFrame with :data:`PREDICTION_COLUMNS` first, then those of
+    :data:`OPTIONAL_PREDICTION_COLUMNS` the rows have (where laterality and
+    view came from; ``roi_path``, ``breast_mask_path``). Missing optional
+    manifest columns (accession, view ...) are left empty.
     """
     rows = manifest_rows.reset_index(drop=True)
     if len(rows) != len(y_true):

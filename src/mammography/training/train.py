@@ -34,6 +34,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
@@ -50,11 +51,11 @@ from tqdm.auto import tqdm
 
 from mammography.data.dataset import MammogramDataset, default_cache_dir
 from mammography.data.preprocess import Preprocessing
-from mammography.data.splits import check_no_patient_overlap, patient_groups, split_patients, split_table
+from mammography.data.splits import check_no_patient_overlap, patient_grouping, split_patients, split_table
 from mammography.errors import ConfigError, ManifestError
 from mammography.limits import MAX_BATCH_SIZE, check_float, check_img_size, check_int
 from mammography.models import build_density_model
-from mammography.training.metrics import LABELS, compute_metrics
+from mammography.training.metrics import LABELS, compute_metrics, prediction_collapse
 from mammography.training.reproducibility import collect_reproducibility, seed_worker, seeded
 from mammography.training.rundir import (
     RUN_FILES,
@@ -326,14 +327,29 @@ def _split_rows(df: pd.DataFrame, split: pd.Series) -> tuple[pd.DataFrame, pd.Da
 
 
 def _dataset(rows: pd.DataFrame, config: TrainConfig, cache_dir: Path | None) -> MammogramDataset:
-    lateralities = rows["laterality"].tolist() if "laterality" in rows else None
     return MammogramDataset(
         rows["image_path"].tolist(),
         rows["density_label"].astype(int).tolist(),
         cache_dir=cache_dir,
         preprocessing=config.preprocessing(),
-        lateralities=lateralities,
+        laterality_hints=rows["laterality"].tolist() if "laterality" in rows.columns else None,
     )
+
+
+def _with_orientation(rows: pd.DataFrame, dataset: MammogramDataset) -> pd.DataFrame:
+    """``rows`` with the laterality and view each image was prepared with, and their sources (the
+    manifest's view first, as its laterality was for the flip)."""
+    from mammography.io.orientation import normalise_view
+
+    resolved = pd.DataFrame([dataset.prepared(i).orientation() for i in range(len(dataset))], index=rows.index)
+    if "view" in rows.columns:
+        given = rows["view"].map(normalise_view)
+        resolved["view"] = given.where(given.notna(), resolved["view"])
+        resolved["view_source"] = resolved["view_source"].where(given.isna(), "manifest")
+    out = rows.copy()
+    for column in resolved.columns:
+        out[column] = resolved[column]
+    return out
 
 
 def _history_row(epoch: int, train_loss: float, val_loss: float, metrics: dict, lr: float, seconds: float) -> dict:
@@ -430,6 +446,7 @@ def train_on_split(
     cache_dir = config.resolved_cache_dir()
     train_set = _dataset(train_rows, config, cache_dir)
     val_set = _dataset(val_rows, config, cache_dir)
+    val_rows = _with_orientation(val_rows, val_set)  # val_predictions.csv shows what the flip used
     weights = _class_weights(train_rows["density_label"].astype(int).to_numpy())
 
     started = time.perf_counter()
@@ -437,6 +454,7 @@ def train_on_split(
     history, selector = _fit(config, device, train_set, val_set, val_rows, weights)
     saved = selector.saved
 
+    collapse = prediction_collapse(saved.predictions[[f"p_{c}" for c in "ABCD"]].to_numpy())
     save_state_dict(run_dir / RUN_FILES["checkpoint"], saved.state_dict)
     write_csv(run_dir / RUN_FILES["predictions"], saved.predictions)
     write_json(run_dir / RUN_FILES["metrics"], saved.metrics)
@@ -455,7 +473,10 @@ def train_on_split(
         saved=saved,
         seconds=time.perf_counter() - started,
         cache_dir=cache_dir,
+        grouping=patient_grouping(df),
+        split=split,
     )
+    summary["collapse"] = collapse
     summary.update(extra_summary or {})
     # summary.json last: its presence marks a complete run directory
     write_json(run_dir / RUN_FILES["summary"], summary)
@@ -471,7 +492,7 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _summary(config, *, device, created_at, train_rows, val_rows, weights, mean, std, best_epoch, best_metrics, saved, seconds, cache_dir) -> dict:
+def _summary(config, *, device, created_at, train_rows, val_rows, weights, mean, std, best_epoch, best_metrics, saved, seconds, cache_dir, grouping, split) -> dict:
     def class_counts(rows):
         counts = rows["density_label"].astype(int).value_counts()
         return {str(label): int(counts.get(label, 0)) for label in LABELS}
@@ -515,8 +536,10 @@ def _summary(config, *, device, created_at, train_rows, val_rows, weights, mean,
             "file": RUN_FILES["split"],
             "n_train": int(len(train_rows)),
             "n_val": int(len(val_rows)),
-            "n_train_patients": int(patient_groups(train_rows).nunique()),
-            "n_val_patients": int(patient_groups(val_rows).nunique()),
+            "n_train_patients": int(grouping.keys[split.to_numpy() == "train"].nunique()),
+            "n_val_patients": int(grouping.keys[split.to_numpy() == "val"].nunique()),
+            "grouping": grouping.rule,
+            "grouping_note": grouping.description,
             "train_class_counts": class_counts(train_rows),
             "val_class_counts": class_counts(val_rows),
         },
@@ -547,6 +570,7 @@ def train_density(config: TrainConfig) -> Path:
     config = copy.copy(config)
     config.validate()
     df = load_training_manifest(config)
+    log.info("patients: %s", patient_grouping(df).description)
     if config.use_manifest_split:
         split = _manifest_split(df, Path(config.csv))
     else:
@@ -563,4 +587,13 @@ def train_density(config: TrainConfig) -> Path:
         discard_staging(staging)
         raise
     log.info("wrote the run %s", run_dir)
+    warn_collapse(run_dir)
     return run_dir
+
+
+def warn_collapse(run_dir: Path) -> str | None:
+    """Log (under the run's final name) the collapse warning its summary.json records; return it."""
+    collapse = json.loads((Path(run_dir) / RUN_FILES["summary"]).read_text()).get("collapse")
+    if collapse:
+        log.warning("%s: %s", run_dir, collapse)
+    return collapse

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from mammography.errors import ConfigError
+from mammography.training.metrics import prediction_collapse
 from mammography.web.site import SeedResult, SiteImage, SiteLayer, SiteSeed, SiteSummary, build_site
 
 __all__ = [
@@ -148,8 +149,12 @@ def seed_columns(runs: Sequence, sweeps: Sequence | None = None) -> list[SiteSee
         stored = dict(r.metrics)
         metrics = stored if sweeps is None else sweeps[i].metrics()
         differ = sweeps is not None and metrics_differ(metrics, stored)
+        # the model's outputs as this page shows them: recomputed when known, else as stored
+        note = prediction_collapse(r.probabilities if sweeps is None else sweeps[i].probs) or ""
+        if note and sweeps is not None:
+            log.warning("%s: %s", r.run_id, note)
         out.append(SiteSeed(key=key, label=label, run=str(r.path), metrics=metrics,
-                            stored_metrics=stored if differ else None, stored_source=r.metrics_source))
+                            stored_metrics=stored if differ else None, stored_source=r.metrics_source, note=note))
     return out
 
 
@@ -269,7 +274,8 @@ class _RunAttention:
         a, i = self.analysis, self.index[path]
         row = a.table.iloc[i]
         breast = a.regions[i].breast()
-        off_tissue = ~breast | border_band(breast.shape, a.options.border_fraction) | a.regions[i].markers()
+        off_tissue = (~breast | border_band(breast.shape, a.options.border_fraction) | a.regions[i].markers()
+                      | a.regions[i].film_edges())
         share = mass_share(a.grid_map(i), off_tissue)
         details = {}
         for label, column in _DETAILS:
@@ -280,11 +286,25 @@ class _RunAttention:
         return (None if np.isnan(share) else float(share)), (None if flag is None else bool(flag)), details
 
 
+def _orientation_meta(row, prepared) -> dict:
+    """``{"laterality": "R (PatientID)", "view": ...}``: the value and where it came from, as the run's
+    predictions record it, else as the image was prepared here."""
+    meta = {}
+    for key in ("laterality", "view"):
+        value, source = row.get(key), row.get(f"{key}_source")
+        if not isinstance(source, str) or not source or not isinstance(value, str):
+            value, source = getattr(prepared, key, None), getattr(prepared, f"{key}_source", None)
+        if value:
+            meta[key] = f"{value} ({source})" if source else value
+    return meta
+
+
 #: per-seed numbers of the analysis shown in the image view (label, column)
 _DETAILS = (
     ("outside breast", "outside_breast_share"),
     ("border", "border_share"),
     ("markers", "marker_share"),
+    ("film edges", "film_edge_share"),
     ("ROI IoU", "iou"),
     ("ROI energy", "energy_pointing"),
     ("ROI pointing hit", "pointing_hit"),
@@ -312,18 +332,16 @@ def _analyse(run_images, sweeps, checks, options) -> tuple[list[_RunAttention], 
 
 
 def _display(owners: list[RunImages], sweeps: dict, path: str, cache_dir):
-    """(square, geometry, display) shown for an image: the square of the first run
-    whose input holds the whole image; when every run centre-cropped it, the
-    whole image read again (display only)."""
+    """(prepared image, display) shown for an image: the square of the first run
+    whose input holds the whole image (display None: cut from the square); when
+    every run centre-cropped it, the whole image read again (display only)."""
     for ri in owners:
-        g = sweeps[id(ri)].geometries[ri.rows[path]]
-        if not g.crops:
-            return ri.run.dataset(cache_dir, rows=[ri.rows[path]]).square(0), g, None
+        if not sweeps[id(ri)].geometries[ri.rows[path]].crops:
+            return ri.run.dataset(cache_dir, rows=[ri.rows[path]]).prepared(0), None
     from mammography.io import read_mammogram
 
     ri = owners[0]
-    prepared = ri.run.dataset(cache_dir, rows=[ri.rows[path]]).prepared(0)
-    return prepared.square, prepared.geometry, read_mammogram(path).pixels
+    return ri.run.dataset(cache_dir, rows=[ri.rows[path]]).prepared(0), read_mammogram(path).pixels
 
 
 def iter_site_images(
@@ -398,7 +416,8 @@ def iter_site_images(
     for i, (path, y_true) in enumerate(index):
         owners = [k for k, ri in enumerate(run_images) if path in ri.rows]
         first = run_images[owners[0]]
-        square, g, display = _display([run_images[k] for k in owners], sweeps, path, cache_dir)
+        prep, display = _display([run_images[k] for k in owners], sweeps, path, cache_dir)
+        g = prep.geometry
         results = {}
         for k in owners:
             ri = run_images[k]
@@ -412,14 +431,14 @@ def iter_site_images(
         yield SiteImage(
             name=names[i],
             y_true=y_true,
-            square=square,
+            square=prep.square,
             geometry=g,
             results=results,
             roi=_read_mask(row.get("roi_path")),
             attention_agreement=None if rho is None or np.isnan(rho) else float(rho),
             high_agreement=None if rec is None else rec.agreement == HIGH_AGREEMENT,
             reasons=() if rec is None else tuple(rec.reasons),
-            meta={**{c: row.get(c) for c in _META_COLUMNS if c in row.index},
+            meta={**{c: row.get(c) for c in _META_COLUMNS if c in row.index}, **_orientation_meta(row, prep),
                   "size": f"{g.original_shape[0]} x {g.original_shape[1]} px", "path": path},
             display=display,
         )

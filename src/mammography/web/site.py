@@ -91,6 +91,8 @@ class SiteSeed:
     stored_metrics : the metrics the run stored itself, shown beside them
         when they read differently; None otherwise.
     stored_source : the file ``stored_metrics`` came from.
+    note : a warning about the run shown under its metrics (e.g. a model
+        whose output does not depend on the image), or "".
     """
 
     key: str
@@ -99,6 +101,7 @@ class SiteSeed:
     metrics: Mapping[str, float | None] = field(default_factory=dict)
     stored_metrics: Mapping[str, float | None] | None = None
     stored_source: str = ""
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -592,7 +595,7 @@ def _build_site(out_dir, images, seeds, layers, title, subtitle, display_height,
                 {"key": s.key, "label": s.label, "run": s.run, "metrics": {k: _round(v) for k, v in s.metrics.items()},
                  "stored_metrics": None if s.stored_metrics is None
                  else {k: _round(v) for k, v in s.stored_metrics.items()},
-                 "stored_source": s.stored_source}
+                 "stored_source": s.stored_source, "note": s.note}
                 for s in seeds
             ],
             "layers": [{"key": x.key, "label": x.label} for x in layers],

@@ -259,6 +259,11 @@
         keys.forEach(function (k) { st.appendChild(el("td", null, fmt(s.stored_metrics[k]))); });
         t.appendChild(st);
       }
+      if (s.note) {  // e.g. a model whose output does not depend on the image
+        var nt = el("tr", { "class": "note" });
+        nt.appendChild(el("td", { colspan: "5" }, "⚠ " + s.label + ": " + s.note));
+        t.appendChild(nt);
+      }
     });
   }
 
