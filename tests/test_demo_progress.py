@@ -17,8 +17,10 @@ def test_progress_line_has_share_elapsed_and_time_left():
     now[0] = 130.0  # one of 36 epochs took 20 s: training takes 12 min, and the later stages their share
     line = progress.update("training", 1 / 36, "training seed 42, epoch 1/12")
     training = 20 * 36
-    left = training * (35 / 36) + training * (STAGE_WEIGHTS["report"] + STAGE_WEIGHTS["explorer"]) / STAGE_WEIGHTS["training"]
-    assert line.startswith(f"[demo {100 * (STAGE_WEIGHTS['phantoms'] + STAGE_WEIGHTS['training'] / 36):3.0f} %] 0:30 elapsed, about ")
+    later = (STAGE_WEIGHTS["report"] + STAGE_WEIGHTS["explorer"]) / STAGE_WEIGHTS["training"]
+    left = training * (35 / 36) + training * later
+    done = 100 * (STAGE_WEIGHTS["phantoms"] + STAGE_WEIGHTS["training"] / 36)
+    assert line.startswith(f"[demo {done:3.0f} %] 0:30 elapsed, about ")
     minutes, seconds = line.split("about ")[1].split(" left")[0].split(":")
     assert int(minutes) * 60 + int(seconds) == pytest.approx(left, abs=1)
     assert line.endswith(" - training seed 42, epoch 1/12")

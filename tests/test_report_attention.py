@@ -186,7 +186,8 @@ def test_flagged_run_gets_example_tiles_in_the_report(runs, tmp_path):
     text = " ".join(entry.sentences)
     assert "Flagged for spurious attention: seed 42 for attention outside breast" in text
     # the number comes with its baseline and the margin rule is stated
-    assert "of the heatmap mass lies outside the breast, where a map without preference would put" in text
+    assert "The share of heatmap mass outside the breast is " in text
+    assert "where a map without preference would put" in text
     assert entry.sentences[-1].startswith("A value counts as different from its baseline only when")
     assert "The run is flagged for spurious attention." in entry.figures[0].caption
 
@@ -212,10 +213,11 @@ def test_faithfulness_flag_adds_the_faithfulness_table(runs, tmp_path):
     assert "\\MammoTable{tab:attention-faithfulness}" in tex
     faith = pd.read_csv(article / "assets" / "attention" / "seed42" / "faithfulness_per_image.csv")
     assert len(faith) == 2
-    faithfulness = [s for s in result.attention_summary if s.startswith("Faithfulness and sanity: seed 42: ")]
-    # each curve is compared with a random order, and the verdict follows from that comparison
-    assert len(faithfulness) == 1 and "for a random order (difference " in faithfulness[0]
-    assert re.search(r"(inside the random band|faster than random|slower than random)", faithfulness[0])
+    deletion = [s for s in result.attention_summary if s.startswith("Deleting the most-attended pixels first")]
+    # the curve is compared with a random order, and the verdict follows from that comparison
+    assert len(deletion) == 1 and "for a random order (difference " in deletion[0]
+    assert re.search(r": (inside the random band|faster than random|slower than random)\.$", deletion[0])
+    assert any(s.startswith("After randomising the head") for s in result.attention_summary)
     # one run: no consistency, and the report says nothing about it
     assert not (article / "assets" / "consistency.csv").exists()
     assert "tab:attention-consistency" not in tex

@@ -164,3 +164,18 @@ def test_figure_titles_keep_dollar_signs(pack):
     layout = pack.result.layouts["density_gradcam_seed43.png"]
     title = next(t.text for t in layout.texts if t.role == "title")
     assert "res$\\frac$" in title.replace("\n", "")  # drawn as text, not parsed as maths
+
+
+def test_standalone_tables_fragment_compiles_and_fits(pack, tmp_path):
+    """analyze writes the same tables as a fragment with its own layout macros (attention_tables.tex)."""
+    from mammography.report.latex import render_tables
+
+    (tmp_path / "attention_tables.tex").write_text(render_tables(pack.result.content.attention.tables))
+    (tmp_path / "main.tex").write_text("\\documentclass[twocolumn,10pt]{article}\n\\usepackage{graphicx}\n"
+                                       "\\usepackage{booktabs}\n\\begin{document}\n\\input{attention_tables}\n"
+                                       "\\end{document}\n")
+    out = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "main.tex"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:]
+    log = (tmp_path / "main.log").read_text(errors="replace")
+    assert "Float too large" not in log and not re.search(r"Overfull \\[hv]box \((\d\d+|[2-9])\.", log)

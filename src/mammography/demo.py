@@ -82,7 +82,7 @@ class DemoResult:
 
 
 #: share of the demo's time each stage takes (2 CPU cores, default settings; training = 3 seeds)
-STAGE_WEIGHTS = {"phantoms": 0.03, "training": 0.72, "report": 0.20, "explorer": 0.05}
+STAGE_WEIGHTS = {"phantoms": 0.02, "training": 0.75, "report": 0.18, "explorer": 0.05}
 
 
 def _clock_text(seconds: float) -> str:

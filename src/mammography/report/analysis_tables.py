@@ -105,8 +105,8 @@ def _consistency_table(result: ConsistencyResult) -> TextTable:
             f"[95 % CI]. Baselines: the agreement expected by chance from each seed's class frequencies, "
             f"\u03c1 = 0 for unrelated maps, and the IoU of two random regions of the same size. An image is "
             f"high agreement when all seeds predict the same class, every pair has \u03c1 \u2265 "
-            f"{th['min_rank_correlation']:.2f} and IoU \u2265 {th['min_top_iou']:.2f}, and no seed attends to a "
-            f"marker or the image border."
+            f"{format_value(th['min_rank_correlation'], 2)} and IoU \u2265 {format_value(th['min_top_iou'], 2)}, "
+            f"and no seed attends to a marker or the image border."
         ),
         headers=("Measure", "Value", "Baseline"),
         rows=rows,

@@ -159,14 +159,14 @@ def _consistency_sentence(c: ConsistencyResult) -> str:
     )
 
 
-#: per kind of spurious region: (what is measured, phrase per verdict)
+#: per kind of spurious region: (where, phrase per verdict)
 _SPURIOUS_TEXT = {
-    "outside_breast": ("of the heatmap mass lies outside the breast", "a map without preference would put", {
+    "outside_breast": ("outside the breast", {
         BELOW: "the maps clearly prefer the breast",
         WITHIN: "no clear preference for the breast over the background",
         ABOVE: "the maps prefer the background to the breast",
     }),
-    "border": ("lies in the border band", "a map without preference would put", {
+    "border": ("in the border band", {
         BELOW: "less than without preference",
         WITHIN: "about what a map without preference puts there",
         ABOVE: "attention is drawn to the image border",
@@ -174,19 +174,30 @@ _SPURIOUS_TEXT = {
 }
 
 
-def _grouped(parts: list[tuple[str, str]]) -> str:
-    """``"51 % for seed 42, 49 % for seed 43"`` (or the value alone for one run)."""
+def _joined(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _per_run(parts: list[tuple[str, str]]) -> str:
+    """``"51 % for seed 42, 49 % for seed 43 and 49 % for seed 44"`` (the value alone for one run)."""
     if len(parts) == 1:
         return parts[0][0]
-    return ", ".join(f"{value} for {_names([lab])}" for value, lab in parts)
+    return _joined([f"{value} for {_names([lab])}" for value, lab in parts])
 
 
 def _verdict_text(verdicts: dict[str, str], phrases: dict[str, str]) -> str:
-    """One verdict for all runs, or which runs get which."""
+    """One verdict for all runs (``"... in all 3 runs"``), or which runs get which."""
     kinds = sorted(set(verdicts.values()), key=[BELOW, WITHIN, ABOVE].index)
     if len(kinds) == 1:
-        return phrases[kinds[0]] + (" in every run" if len(verdicts) > 1 else "")
+        return phrases[kinds[0]] + (f", in all {len(verdicts)} runs" if len(verdicts) > 1 else "")
     return "; ".join(f"{phrases[k]} for {_names([lab for lab, v in verdicts.items() if v == k])}" for k in kinds)
+
+
+def _baselines(comps) -> str:
+    """The baseline(s) of several comparisons, as percentages (``"56 %"`` or ``"55 % to 57 %"``)."""
+    values = sorted({c.baseline for c in comps})
+    return " to ".join(dict.fromkeys(format_percent(v) for v in (values[0], values[-1])))
 
 
 def _spurious_sentences(analyses, labels) -> list[str]:
@@ -194,24 +205,25 @@ def _spurious_sentences(analyses, labels) -> list[str]:
     if not runs:
         return []
     out = []
-    for kind, (what, baseline_text, phrases) in _SPURIOUS_TEXT.items():
+    for kind, (where, phrases) in _SPURIOUS_TEXT.items():
         comps = {lab: compare_share(s[kind]["mean"], s[kind]["low"], s[kind]["high"], s[kind]["area"])
                  for lab, s in runs}
-        area = sorted({format_percent(c.baseline) for c in comps.values()})
-        values = _grouped([(_with_ci(c, percent=True), lab) for lab, c in comps.items()])
-        out.append(f"{values[0].upper() + values[1:]} {what}, where {baseline_text} {' to '.join(area)}: "
-                   f"{_verdict_text({lab: c.verdict for lab, c in comps.items()}, phrases)}.")
+        values = _per_run([(_with_ci(c, percent=True), lab) for lab, c in comps.items()])
+        verdict = _verdict_text({lab: c.verdict for lab, c in comps.items()}, phrases)
+        out.append(f"The share of heatmap mass {where} is {values}, where a map without preference would put "
+                   f"{_baselines(comps.values())}: {verdict}.")
     marker_runs = [(lab, s["marker"]) for lab, s in runs if s["marker"].get("enrichment") is not None
                    and math.isfinite(float(s["marker"]["enrichment"]))]
     if marker_runs:
         comps = {lab: compare_share(m["enrichment"], m.get("enrichment_low"), m.get("enrichment_high"), 1.0)
                  for lab, m in marker_runs}
-        values = _grouped([(_with_ci(c, 1) + " times", lab) for lab, c in comps.items()])
+        values = _per_run([(_with_ci(c, 1) + " times", lab) for lab, c in comps.items()])
         phrases = {BELOW: "the markers get less attention than their area",
                    WITHIN: "attention on the markers is in proportion to their area",
                    ABOVE: "attention concentrates on the markers"}
-        out.append(f"On burned-in markers the share of heatmap mass is {values} their share of the image, where a map "
-                   f"without preference gives 1 time: {_verdict_text({lab: c.verdict for lab, c in comps.items()}, phrases)}.")
+        out.append(f"The share of heatmap mass on burned-in markers is {values} their share of the image, where a "
+                   f"map without preference gives 1 time: "
+                   f"{_verdict_text({lab: c.verdict for lab, c in comps.items()}, phrases)}.")
     flagged = [(lab, s) for lab, s in runs if s["flagged"]]
     if flagged:
         parts = [f"{_names([lab])} for attention {', '.join(r.replace('_', ' ') for r in s['reasons'])}"
@@ -225,7 +237,7 @@ def _spurious_sentences(analyses, labels) -> list[str]:
 
 
 def _localisation_sentence(analyses, labels) -> str | None:
-    parts = []
+    energy, hit, iou = {}, {}, []
     for lab, a in zip(labels, analyses):
         if a.localisation is None:
             continue
@@ -234,53 +246,58 @@ def _localisation_sentence(analyses, labels) -> str | None:
             continue
         r = rows.iloc[0]
         area = roi_area(a, "all")
-        energy = compare_share(r["energy_pointing_mean"], r["energy_pointing_low"], r["energy_pointing_high"], area)
-        hit = compare_share(r["pointing_hit_mean"], r["pointing_hit_low"], r["pointing_hit_high"], area)
-        verdict = {ABOVE: "more than without preference", WITHIN: "no clear difference from no preference",
-                   BELOW: "less than without preference"}
-        parts.append(
-            f"{_names([lab])}: energy pointing {_with_ci(energy, percent=True)} and pointing game "
-            f"{_with_ci(hit, percent=True)}, where a map without preference gets the region's area, "
-            f"{format_percent(area)} ({verdict[energy.verdict]} for energy pointing, {verdict[hit.verdict]} for the "
-            f"pointing game); IoU {format_value(r['iou_mean'], 2)}"
-        )
-    if not parts:
+        energy[lab] = compare_share(r["energy_pointing_mean"], r["energy_pointing_low"], r["energy_pointing_high"],
+                                    area)
+        hit[lab] = compare_share(r["pointing_hit_mean"], r["pointing_hit_low"], r["pointing_hit_high"], area)
+        iou.append((format_value(r["iou_mean"], 2), lab))
+    if not energy:
         return None
-    return "Against the expert regions of interest (all classes): " + "; ".join(parts) + "."
+    phrases = {ABOVE: "more than without preference", WITHIN: "no clear difference from no preference",
+               BELOW: "less than without preference"}
+    return (
+        f"Against the expert regions of interest (all classes), where a map without preference gets the region's "
+        f"share of the image ({_baselines(energy.values())}): energy pointing (the map's mass inside the region) "
+        f"{_per_run([(_with_ci(c, percent=True), lab) for lab, c in energy.items()])}, "
+        f"{_verdict_text({lab: c.verdict for lab, c in energy.items()}, phrases)}; pointing game (the map's "
+        f"maximum inside the region) {_per_run([(_with_ci(c, percent=True), lab) for lab, c in hit.items()])}, "
+        f"{_verdict_text({lab: c.verdict for lab, c in hit.items()}, phrases)}; IoU {_per_run(iou)}."
+    )
 
 
-def _faithfulness_sentence(analyses, labels) -> str | None:
-    parts = []
+def _faithfulness_sentences(analyses, labels) -> list[str]:
+    deletion, insertion, sanity = {}, {}, {}
     for lab, a in zip(labels, analyses):
         f, s = a.summary.get("faithfulness"), a.summary.get("sanity")
-        bits = []
         if f and a.faithfulness is not None:
             aucs = a.faithfulness.aucs()
-            deletion = compare_difference(aucs["deletion_auc"] - aucs["random_deletion_auc"])
-            insertion = compare_difference(aucs["insertion_auc"] - aucs["random_insertion_auc"])
-            del_text = {BELOW: "faster than random", WITHIN: "inside the random band",
-                        ABOVE: "slower than random"}[deletion.verdict]
-            ins_text = {ABOVE: "better than random", WITHIN: "inside the random band",
-                        BELOW: "worse than random"}[insertion.verdict]
-            bits.append(
-                f"deleting the most-attended pixels first lowers the class probability with a curve area of "
-                f"{format_value(f['deletion_auc']['mean'], 2)} against {format_value(f['random_deletion_auc']['mean'], 2)} "
-                f"for a random order (difference {_with_ci(deletion)}: {del_text}); inserting them gives "
-                f"{format_value(f['insertion_auc']['mean'], 2)} against {format_value(f['random_insertion_auc']['mean'], 2)} "
-                f"(difference {_with_ci(insertion)}: {ins_text})"
-            )
+            deletion[lab] = (f, compare_difference(aucs["deletion_auc"] - aucs["random_deletion_auc"]))
+            insertion[lab] = (f, compare_difference(aucs["insertion_auc"] - aucs["random_insertion_auc"]))
         if s:
-            bits.append(
-                f"after randomising the head and the last blocks the maps correlate with the trained model's at "
-                f"\u03c1 = {format_value(s['final_rank_correlation'], 2)}, where 1 means unchanged and 0 unrelated "
-                f"(check {'passed' if s['passed'] else 'failed'}: it needs \u03c1 < "
-                f"{format_value(s.get('max_correlation', 0.5), 2)})"
-            )
-        if bits:
-            parts.append(f"{_names([lab])}: " + "; ".join(bits))
-    if not parts:
-        return None
-    return "Faithfulness and sanity: " + ". ".join(parts) + "."
+            sanity[lab] = s
+    out = []
+    for name, comps, what, phrases in (
+        ("deletion", deletion, "Deleting the most-attended pixels first lowers the class probability with a "
+                               "curve area of", {BELOW: "faster than random", WITHIN: "inside the random band",
+                                                 ABOVE: "slower than random"}),
+        ("insertion", insertion, "Inserting them onto a black image gives a curve area of",
+         {ABOVE: "better than random", WITHIN: "inside the random band", BELOW: "worse than random"}),
+    ):
+        if not comps:
+            continue
+        values = _per_run([(format_value(f[f"{name}_auc"]["mean"], 2), lab) for lab, (f, _) in comps.items()])
+        randoms = _joined([format_value(f[f"random_{name}_auc"]["mean"], 2) for f, _ in comps.values()])
+        diffs = _joined([_with_ci(c) for _, c in comps.values()])
+        out.append(f"{what} {values}, against {randoms} for a random order "
+                   f"(difference{'s' if len(comps) > 1 else ''} {diffs}): "
+                   f"{_verdict_text({lab: c.verdict for lab, (_, c) in comps.items()}, phrases)}.")
+    if sanity:
+        values = _per_run([(format_value(s["final_rank_correlation"], 2), lab) for lab, s in sanity.items()])
+        limit = format_value(next(iter(sanity.values())).get("max_correlation", 0.5), 2)
+        results = {lab: ABOVE if s["passed"] else BELOW for lab, s in sanity.items()}
+        out.append(f"After randomising the head and the last blocks the maps correlate with the trained model's at "
+                   f"\u03c1 = {values}, where 1 means unchanged and 0 unrelated (the check passes below {limit}): "
+                   f"{_verdict_text(results, {ABOVE: 'passed', BELOW: 'failed'})}.")
+    return out
 
 
 def attention_sentences(analyses: list[RunAnalysis], labels: list[str],
@@ -295,10 +312,10 @@ def attention_sentences(analyses: list[RunAnalysis], labels: list[str],
     if consistency is not None:
         out.append(_consistency_sentence(consistency))
     out.extend(_spurious_sentences(analyses, labels))
-    for build in (_localisation_sentence, _faithfulness_sentence):
-        text = build(analyses, labels)
-        if text:
-            out.append(text)
+    localisation = _localisation_sentence(analyses, labels)
+    if localisation:
+        out.append(localisation)
+    out.extend(_faithfulness_sentences(analyses, labels))
     out.append(MARGIN_SENTENCE)
     return tuple(out)
 

@@ -135,8 +135,8 @@ def consistency_figure(
     by_path = result.table.set_index("image_path")
     first = result.analyses[0]
     shapes = {path: first.grid_shape(first.index_of(path)) for _, _, path in columns}
-    headers = [f"{'Most' if group == 'most' else 'Least'} {k + 1} \u00b7 {_short_stem(path)}\n{_row_note(by_path.loc[path])}"
-               for group, k, path in columns]
+    headers = [f"{'Most' if group == 'most' else 'Least'} {k + 1} \u00b7 {_short_stem(path)}\n"
+               f"{_row_note(by_path.loc[path])}" for group, k, path in columns]
     rows = []
     for label, analysis in zip(result.labels, result.analyses):
         cells = [_tile(analysis, analysis.index_of(path), shapes[path]) for _, _, path in columns]
@@ -177,12 +177,13 @@ def consistency_caption(result: ConsistencyResult, n: int = 3) -> str:
         f"Left {len(most)} columns: the most consistent images; right {len(least)}: the least consistent. "
         f"Column headers give the mean pairwise Spearman rank correlation of the maps (\u03c1, inside the breast), "
         f"the mean IoU of their top-{100 * th['top_fraction']:.0f} % regions and the verdict; an image needs "
-        f"review when the predictions differ, a pair of maps has \u03c1 < {format_value(th['min_rank_correlation'], 2)} "
-        f"or IoU < {format_value(th['min_top_iou'], 2)}, or a model attends to a marker or the image border"
+        f"review when the predictions differ, a pair of maps has \u03c1 < "
+        f"{format_value(th['min_rank_correlation'], 2)} or IoU < {format_value(th['min_top_iou'], 2)}, or a model attends to a marker or the image border"
         + (f" ({'; '.join(review)})" if review else "")
         + f". Over all {s['n_images']} shared images the models agree on the class for "
         f"{format_percent(s['prediction_agreement_rate'])} (chance: "
-        f"{format_percent(chance_agreement(prediction_columns(result)))}), mean \u03c1 = {format_value(rho['mean'], 2)} "
+        f"{format_percent(chance_agreement(prediction_columns(result)))}), "
+        f"mean \u03c1 = {format_value(rho['mean'], 2)} "
         f"(95 % CI {format_value(rho['low'], 2)} to {format_value(rho['high'], 2)}; unrelated maps: 0), mean IoU = "
         f"{format_value(iou['mean'], 2)} (random regions: {format_value(random_region_iou(th['top_fraction']), 2)}). "
         f"Marks: {ERROR_LEGEND}."

@@ -313,7 +313,7 @@ def draw_grid(
 
         y = _MARGIN_IN
         _text(fig, 0.5, fy(y), "\n".join(title_lines), fontsize=_TITLE_PT, ha="center", va="top",
-                 fontweight="bold", linespacing=1.15, gid="title")
+              fontweight="bold", linespacing=1.15, gid="title")
         y += _line_in(_TITLE_PT, len(title_lines)) + _GAP_IN
         col_x = [_MARGIN_IN + j * (tile_w + _GAP_IN) for j in range(n_columns)]
         if headers:
@@ -330,16 +330,16 @@ def draw_grid(
         row_layouts = []
         for r, header_h, body_h, label_h, two_line in row_specs:
             _text(fig, fx(_MARGIN_IN), fy(y), r.header, fontsize=_HEADER_PT, ha="left", va="top",
-                     fontweight="bold", gid="row_header")
+                  fontweight="bold", gid="row_header")
             if r.note:
                 _text(fig, fx(width - _MARGIN_IN), fy(y), r.note, fontsize=_LABEL_PT, ha="right", va="top",
-                         style="italic", gid="row_note")
+                      style="italic", gid="row_note")
             y += header_h
             labels: list[str] = []
             misclassified: list[bool] = []
             if not r.cells:
                 _text(fig, 0.5, fy(y + body_h / 2), r.message or "no images", fontsize=_LABEL_PT, ha="center",
-                         va="center", color="0.3", gid="row_message")
+                      va="center", color="0.3", gid="row_message")
             for j, cell in enumerate(r.cells[:n_columns]):
                 if isinstance(cell, DisplayTile):
                     x0, y0, w, h = _fit_box(cell.aspect, col_x[j], y, tile_w, body_h)
@@ -363,8 +363,9 @@ def draw_grid(
                               ha="center", va="top", linespacing=1.1, color=ERROR_COLOR if wrong else "black",
                               gid="tile_label")
                 else:
-                    _text(fig, fx(col_x[j] + tile_w / 2), fy(y + body_h / 2), "\n".join(_wrap(str(cell), _LABEL_PT, tile_w)),
-                             fontsize=_LABEL_PT, ha="center", va="center", color="0.3", gid="cell_message")
+                    _text(fig, fx(col_x[j] + tile_w / 2), fy(y + body_h / 2),
+                          "\n".join(_wrap(str(cell), _LABEL_PT, tile_w)),
+                          fontsize=_LABEL_PT, ha="center", va="center", color="0.3", gid="cell_message")
             y += body_h + label_h + _GAP_IN
             n_tiles = sum(isinstance(c, DisplayTile) for c in r.cells[:n_columns])
             row_layouts.append(RowLayout(key=r.key, header=r.header, note=r.note,
@@ -386,7 +387,7 @@ def draw_grid(
         cbar.outline.set_linewidth(0.4)
         y += _BAR_IN + _TICKS_IN
         _text(fig, 0.5, fy(y), "\n".join(bar_label_lines), fontsize=_LABEL_PT, ha="center", va="top",
-                 linespacing=1.1, gid="colorbar_label")
+              linespacing=1.1, gid="colorbar_label")
 
         texts = _collect_texts(fig)
     layout = FigureLayout(width_in=width, height_in=height, dpi=DPI, title=title, n_columns=n_columns,

@@ -18,16 +18,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["METRIC_COLUMNS", "MINUS", "TextTable", "MetricTable", "metric_table", "metric_text_table",
+__all__ = ["METRIC_COLUMNS", "METRIC_LEGEND", "MINUS", "TextTable", "MetricTable", "metric_table", "metric_text_table",
            "format_value", "format_percent"]
 
-#: (metrics key, column header), in table order; "\n" breaks a header in the LaTeX table
+#: (metrics key, column header), in table order; "\n" breaks a header in the LaTeX table. Short, so
+#: that a seed table fits one journal column at 8 pt; :data:`METRIC_LEGEND` spells them out.
 METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("acc", "Accuracy"),
-    ("kappa_quadratic", "Quadratic\nκ"),
-    ("macro_f1", "Macro-F1"),
-    ("auc_ovr", "AUC\n(one-vs-rest)"),
-    ("bal_acc_adj", "Balanced acc.\n(adjusted)"),
+    ("acc", "Acc."),
+    ("kappa_quadratic", "\u03ba\n(quad.)"),
+    ("macro_f1", "Macro\nF1"),
+    ("auc_ovr", "AUC\n(OvR)"),
+    ("bal_acc_adj", "Bal. acc.\n(adj.)"),
+)
+METRIC_LEGEND = (
+    "Acc.: accuracy; \u03ba (quad.): Cohen's kappa with quadratic weights; Macro F1: F1 score averaged over the "
+    "classes; AUC (OvR): one-vs-rest ROC AUC averaged over the classes present; Bal. acc. (adj.): balanced "
+    "accuracy adjusted for chance (0 = chance, 1 = perfect)."
 )
 
 _MISSING = "\u2014"  # em dash
@@ -145,7 +151,7 @@ def metric_text_table(table: MetricTable, *, key: str, label: str, title: str, c
     headers = dict(METRIC_COLUMNS)
     rows = tuple((lab,) + tuple(table.cell(i, j) for j in range(len(table.keys)))
                  for i, lab in enumerate(table.row_labels))
-    footer = (("Mean \u00b1 sd",) + tuple(table.summary(j, pm="\n\u00b1 ") for j in range(len(table.keys))),)
+    footer = (("Mean\n\u00b1 sd",) + tuple(table.summary(j, pm="\n\u00b1 ") for j in range(len(table.keys))),)
     return TextTable(key=key, label=label, title=title, caption=caption,
                      headers=(first,) + tuple(headers[k] for k in table.keys), rows=rows, footer=footer)
 
@@ -155,7 +161,7 @@ def seed_text_table(table: MetricTable) -> TextTable:
     return metric_text_table(
         table, key="seeds", label="tab:density-seeds", title="Validation metrics per training seed",
         caption=("Validation metrics per training seed, recomputed from each checkpoint when this section was "
-                 "generated. Last row: mean \u00b1 sample standard deviation over seeds."),
+                 "generated. Last row: mean \u00b1 sample standard deviation over seeds. " + METRIC_LEGEND),
         first="Seed",
     )
 
@@ -166,6 +172,6 @@ def cv_text_table(table: MetricTable, *, cv_id: str, k: int, seed: int | None, l
     return metric_text_table(
         table, key=label.split(":", 1)[-1], label=label, title=what[0].upper() + what[1:],
         caption=(f"{what[0].upper() + what[1:]}: validation metrics per fold, recomputed from each fold's "
-                 "checkpoint. Last row: mean \u00b1 sample standard deviation over folds."),
+                 "checkpoint. Last row: mean \u00b1 sample standard deviation over folds. " + METRIC_LEGEND),
         first="Fold",
     )
