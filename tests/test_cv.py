@@ -133,3 +133,9 @@ def test_cv_summary_json_feeds_the_printed_summary(cv_root):
     lines = summary_lines(summary)
     assert lines[0].startswith(f"validation metrics over {K} folds: mean \u00b1 sd")
     assert all(any(ln.strip().startswith(name + " ") for ln in lines) for name in SCALAR_METRICS)
+    # a fold whose model predicts one class for every image is named in the warnings
+    for record in summary["folds"]:
+        predictions = pd.read_csv(cv_root / record["run_dir"] / "val_predictions.csv")
+        degenerate = predictions["y_pred"].nunique() == 1
+        named = any(w.startswith(f"fold {record['fold']}: the model predicts class") for w in summary["warnings"])
+        assert named == degenerate, record["fold"]

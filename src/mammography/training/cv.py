@@ -44,7 +44,7 @@ import pandas as pd
 from scipy import stats
 
 from mammography.data.splits import kfold_patients, split_table
-from mammography.training.metrics import METRIC_RANGES, SCALAR_METRICS, degenerate_warnings
+from mammography.training.metrics import METRIC_RANGES, SCALAR_METRICS
 from mammography.training.reproducibility import collect_reproducibility
 from mammography.training.rundir import RUN_FILES, next_run_dir, write_csv, write_json
 from mammography.training.train import TrainConfig, load_training_manifest, resolve_device, train_on_split
@@ -134,13 +134,6 @@ def summary_lines(cv_summary: dict) -> list[str]:
     return lines
 
 
-def _fold_warnings(fold: int, run_dir: Path) -> list[str]:
-    """Degenerate-fold warnings from a fold's stored predictions."""
-    predictions = pd.read_csv(run_dir / RUN_FILES["predictions"])
-    return [f"fold {fold}: {w}" for w in degenerate_warnings(predictions["y_true"], predictions["y_pred"],
-                                                             what="the fold's model")]
-
-
 def cross_validate(config: TrainConfig, folds: int = 5) -> Path:
     """Train and validate ``folds`` models on patient-level folds.
 
@@ -179,10 +172,8 @@ def cross_validate(config: TrainConfig, folds: int = 5) -> Path:
         )
         summary = json.loads((run_dir / RUN_FILES["summary"]).read_text())
         metrics = json.loads((run_dir / RUN_FILES["metrics"]).read_text())
-        fold_warnings = _fold_warnings(fold, run_dir)
-        for warning in fold_warnings:
-            log.warning("%s", warning)
-        warnings.extend(fold_warnings)
+        # train_on_split has logged them; the summary collects them per fold
+        warnings.extend(f"fold {fold}: {w}" for w in summary.get("warnings", []))
         fold_records.append(
             {
                 "fold": fold,
