@@ -130,7 +130,7 @@ def _spurious_table(analyses, labels) -> TextTable:
         cells.append(_DASH if marker.get("occlusion_drop") is None else
                      f"{format_value(marker['occlusion_drop'], 2)}\n({format_percent(marker.get('dependence_rate'))})")
         cells.append(format_percent(s["image_flag_rate"]))
-        cells.append("yes:\n" + ",\n".join(r.replace("_", " ") for r in s["reasons"]) if s["flagged"] else "no")
+        cells.append("yes:\n" + ",\n".join(r.replace("_", "\n") for r in s["reasons"]) if s["flagged"] else "no")
         rows.append(tuple(cells))
     th = analyses[0].summary["spurious"]["thresholds"] if analyses and analyses[0].summary.get("spurious") else {}
     return TextTable(
