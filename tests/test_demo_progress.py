@@ -32,3 +32,15 @@ def test_weights_are_renormalised_without_the_explorer():
     progress = DemoProgress(("phantoms", "training", "report"), announce=lambda _: None, clock=lambda: 0.0)
     assert sum(progress.weights.values()) == pytest.approx(1.0)
     assert progress.update("report", 1.0).startswith("[demo 100 %]")
+
+
+def test_metrics_line_survives_undefined_metrics(tmp_path):
+    import json
+
+    from mammography.demo import _metrics_line
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "summary.json").write_text(json.dumps({"seed": 44, "best_epoch": 2}))
+    (tmp_path / "metrics" / "val_metrics.json").write_text(json.dumps({"acc": 1.0, "kappa_quadratic": None,
+                                                                        "bal_acc_adj": None}))
+    assert _metrics_line(tmp_path) == "seed 44: acc 1.000, kappa n/a, bal_acc_adj n/a (best epoch 2)"

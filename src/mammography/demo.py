@@ -271,11 +271,12 @@ def run_demo(config: DemoConfig = DemoConfig(), announce=print) -> DemoResult:
 def _metrics_line(run_dir: Path) -> str:
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = json.loads((run_dir / "metrics" / "val_metrics.json").read_text())
-    return (
-        f"seed {summary['seed']}: acc {metrics['acc']:.3f}, "
-        f"kappa {metrics['kappa_quadratic']:.3f}, bal_acc_adj {metrics['bal_acc_adj']:.3f} "
-        f"(best epoch {summary['best_epoch']})"
-    )
+
+    def fmt(key: str) -> str:  # undefined on a tiny or one-class validation set
+        return "n/a" if metrics.get(key) is None else f"{metrics[key]:.3f}"
+
+    return (f"seed {summary['seed']}: acc {fmt('acc')}, kappa {fmt('kappa_quadratic')}, "
+            f"bal_acc_adj {fmt('bal_acc_adj')} (best epoch {summary['best_epoch']})")
 
 
 def _report_lines(report) -> list[str]:
