@@ -164,21 +164,25 @@ def test_consistency_figure_and_tables(analyses):
     png, layout, caption = render_consistency_figure(result, n=2)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert png == render_consistency_figure(result, n=2)[0]  # deterministic bytes
-    assert layout.dpi == 300 and layout.n_columns == 2 and len(layout.rows) == 4
-    assert [r.key[0] for r in layout.rows] == ["most", "most", "least", "least"]
-    assert all(r.n_tiles == 2 and len(r.labels) == 2 for r in layout.rows)
+    # shaped to fit a page: one row per seed, one column per image (the 2 most, then the 2 least consistent)
+    assert layout.dpi == 300 and layout.n_columns == 4 and len(layout.rows) == 2
+    assert [r.key for r in layout.rows] == ["42", "43"]
+    assert [h.split(" ")[0] for h in layout.column_headers] == ["Most", "Most", "Least", "Least"]
+    assert all(r.n_tiles == 4 and len(r.labels) == 4 for r in layout.rows)
     assert layout.min_font_pt >= 6.0
-    assert "seeds 42, 43" in caption
+    assert "seeds 42, 43" in caption and "red frame" in caption and "chance" in caption
     spng, slayout, scaption = render_spurious_figure(a, n=3)
     assert spng[:4] == b"\x89PNG" and slayout.rows[0].n_tiles == 3 and "seed 42 model" in scaption
 
     text = render_analysis_tables([a, b], result)
     keys = [t.key for t in text.tables]
     assert keys == ["consistency", "spurious", "localisation", "patterns", "faithfulness"]
-    assert r"\label{tab:attention-consistency}" in text.latex and r"$\rho$" in text.latex
-    assert "_" not in text.latex.replace(r"\_", "").split("\\begin{table}")[1].split("\\label")[0]
-    assert "| Seed | Outside breast |" in text.markdown
-    assert text.latex.count(r"\begin{table}") == 5 == text.markdown.count("**Table (")
+    assert r"\MammoTable{tab:attention-consistency}" in text.latex and r"\ensuremath{\rho}" in text.latex
+    code = text.latex.split(r"\MammoTable{", 1)[1]
+    assert "_" not in code.replace(r"\_", "").replace("tab:attention-", "").split("}{", 1)[1][:2000]
+    assert "| Seed | Outside breast | Border band |" in text.markdown
+    assert text.latex.count("\n\\MammoTable{") == 5 and text.markdown.count("**") == 2 * 5
+    assert r"\MammoSetLayout{auto}" in text.latex  # a stand-alone fragment carries its layout macros
 
 
 def test_roi_mask_that_does_not_fit_the_image_is_a_clear_error(runs, phantoms, tmp_path):

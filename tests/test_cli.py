@@ -54,3 +54,55 @@ def test_bad_flag_is_one_line_and_exit_code_2():
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1
     assert "--no-such-flag" in out.stderr
+
+
+def _subparsers():
+    import argparse
+
+    parser = build_parser()
+    return next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_flag_has_help_and_shows_its_default(name):
+    sub = _subparsers()[name]
+    formatter = sub._get_formatter()
+    for action in sub._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        assert action.help, f"{name} {action.option_strings[0]} has no help"
+        text = formatter._get_help_string(action)
+        assert "default" in text.lower() or "(required)" in text, f"{name} {action.option_strings[0]}: {text}"
+    out = run_cli(name, "--help")
+    assert "(default: " in out.stdout
+
+
+@pytest.mark.parametrize("name", ["demo", "train-density", "cross-validate", "explain", "analyze", "report-pack",
+                                  "explore"])
+def test_one_device_default_everywhere(name):
+    device = next(a for a in _subparsers()[name]._actions if "--device" in a.option_strings)
+    assert device.default == "auto"
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["reportpack"], "did you mean 'report-pack'?"),
+    (["report-pack", "--selct", "errors"], "--selct: did you mean '--select'?"),
+    (["train-density", "--csv", "m.csv", "--epocs", "3"], "--epocs: did you mean '--epochs'?"),
+    (["report-pack", "--select", "confidnt"], "did you mean 'confident'?"),
+    (["report-pack", "--layout", "twocolum"], "did you mean 'twocolumn'?"),
+])
+def test_typos_get_a_did_you_mean(argv, hint):
+    out = run_cli(*argv)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert hint in out.stderr, out.stderr
+
+
+def test_a_file_given_as_run_is_explained_and_run_names_get_suggestions(tmp_path):
+    run = tmp_path / "outputs" / "mammo_efficientnetb0_density" / "results_4"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    out = run_cli("report-pack", "--run", str(run / "summary.json"), cwd=tmp_path)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "is a file in a run directory, not a run directory" in out.stderr and str(run) in out.stderr
+    out = run_cli("report-pack", "--run", "results_5", cwd=tmp_path)
+    assert out.returncode == 2 and "not found" in out.stderr and "did you mean 'results_4'?" in out.stderr

@@ -261,7 +261,7 @@ def test_method_text_states_the_relative_rule():
 
     text = _spurious_table([Analysed()], ["42"])
     assert "odds ratio" in text.caption and "uniform map on the same image" in text.caption
-    assert "Film edges" in text.headers and "exceeds 2.0" in text.caption
+    assert "Film\nedges" in text.headers and "exceeds 2.0" in text.caption
 
 
 # ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ expert regions for the localisation table without extra flags.
 """
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -79,7 +80,9 @@ def test_consistency_files_cover_every_shared_image(packed):
     assert summary["prediction_agreement_rate"] == pytest.approx(agree.mean())
 
 
-def test_consistency_figure_rows_are_the_extremes_and_columns_the_seeds(packed):
+def test_consistency_figure_columns_are_the_extremes_and_rows_the_seeds(packed):
+    from mammography.report.consistency_figure import _short_stem
+
     article, result, _, _ = packed
     path = article / "assets" / "density_gradcam_consistency.png"
     with Image.open(path) as im:
@@ -88,8 +91,11 @@ def test_consistency_figure_rows_are_the_extremes_and_columns_the_seeds(packed):
     table = pd.read_csv(article / "assets" / "consistency.csv")
     most, least = select_extremes(table, 3)
     assert len(most) == min(3, len(table)) and len(least) == min(3, len(table) - len(most))
-    assert [r.key for r in layout.rows] == [("most", p) for p in most] + [("least", p) for p in least]
-    assert all(r.n_tiles == len(SEEDS) for r in layout.rows)
+    assert [r.key for r in layout.rows] == [str(s) for s in SEEDS]
+    expected = [f"Most {k + 1}" for k in range(len(most))] + [f"Least {k + 1}" for k in range(len(least))]
+    assert [h.split(" \u00b7")[0] for h in layout.column_headers] == expected
+    assert all(_short_stem(p) in h for p, h in zip(list(most) + list(least), layout.column_headers))
+    assert all(r.n_tiles == len(most) + len(least) for r in layout.rows)
     assert not set(most) & set(least)
 
 
@@ -117,9 +123,10 @@ def test_tex_and_markdown_carry_the_tables_and_the_same_numbers(packed):
     md = (article / "02-density.md").read_text()
     assert "\\subsection{Where the models look: attention analysis}" in tex
     for label in ("tab:attention-consistency", "tab:attention-spurious", "tab:attention-localisation",
-                  "tab:attention-patterns", "fig:density-gradcam-consistency"):
-        assert f"\\label{{{label}}}" in tex, label
+                  "tab:attention-patterns"):
+        assert f"\\MammoTable{{{label}}}" in tex, label
         assert f"\\ref{{{label}}}" in tex, label
+    assert "}{fig:density-gradcam-consistency}\n" in tex and "\\ref{fig:density-gradcam-consistency}" in tex
     assert "assets/density_gradcam_consistency.png" in tex and "assets/density_gradcam_consistency.png" in md
     summary = json.loads((article / "assets" / "consistency_summary.json").read_text())
     pct = f"{100 * summary['prediction_agreement_rate']:.0f} %"
@@ -127,7 +134,7 @@ def test_tex_and_markdown_carry_the_tables_and_the_same_numbers(packed):
     assert sentence.startswith("Across seeds 42 and 43") and f"{pct} of the {summary['n_images']}" in sentence
     assert f"{pct} of the {summary['n_images']}".replace("%", "\\%") in tex
     assert f"{pct} of the {summary['n_images']}" in md
-    assert "**Table (localisation).**" in md and "| Images | n | IoU |" in md
+    assert "**Localisation against the expert regions.**" in md and "| Images | n | IoU |" in md
 
 
 def test_manifest_lists_the_analysis_files_with_hashes(packed):
@@ -176,7 +183,12 @@ def test_flagged_run_gets_example_tiles_in_the_report(runs, tmp_path):
     entry = attention_outputs(pack, [analysis], [ev], None, [])
     names = [f.path.name for f in entry.figures]
     assert names == ["density_gradcam_spurious_seed42.png"]
-    assert "Flagged for spurious attention: seed 42 for attention outside breast" in entry.sentences[0]
+    text = " ".join(entry.sentences)
+    assert "Flagged for spurious attention: seed 42 for attention outside breast" in text
+    # the number comes with its baseline and the margin rule is stated
+    assert "The share of heatmap mass outside the breast is " in text
+    assert "where a map without preference would put" in text
+    assert entry.sentences[-1].startswith("A value counts as different from its baseline only when")
     assert "The run is flagged for spurious attention." in entry.figures[0].caption
 
 
@@ -198,10 +210,14 @@ def test_faithfulness_flag_adds_the_faithfulness_table(runs, tmp_path):
     article = tmp_path / "Article"
     result = report_pack(dirs[:1], options=_options(article, cache, faithfulness=True, faithfulness_images=2))
     tex = (article / "sections" / "density_model.tex").read_text()
-    assert "\\label{tab:attention-faithfulness}" in tex
+    assert "\\MammoTable{tab:attention-faithfulness}" in tex
     faith = pd.read_csv(article / "assets" / "attention" / "seed42" / "faithfulness_per_image.csv")
     assert len(faith) == 2
-    assert any(s.startswith("Faithfulness and sanity: seed 42: deletion AUC") for s in result.attention_summary)
+    deletion = [s for s in result.attention_summary if s.startswith("Deleting the most-attended pixels first")]
+    # the curve is compared with a random order, and the verdict follows from that comparison
+    assert len(deletion) == 1 and "for a random order (difference " in deletion[0]
+    assert re.search(r": (inside the random band|faster than random|slower than random)\.$", deletion[0])
+    assert any(s.startswith("After randomising the head") for s in result.attention_summary)
     # one run: no consistency, and the report says nothing about it
     assert not (article / "assets" / "consistency.csv").exists()
     assert "tab:attention-consistency" not in tex

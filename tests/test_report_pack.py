@@ -178,8 +178,8 @@ def test_manifest_lists_every_asset_with_matching_hashes(packed):
 def test_tex_and_markdown_reference_the_figures(packed):
     article, _, _, _, _ = packed
     tex = (article / "sections" / "density_model.tex").read_text()
-    assert r"\includegraphics[width=\columnwidth]{assets/density_gradcam_seed42.png}" in tex
-    assert r"\label{fig:density-gradcam-seed42}" in tex and r"\label{tab:density-seeds}" in tex
+    assert r"\MammoFigure{0}{assets/density_gradcam_seed42.png}{" in tex
+    assert r"}{fig:density-gradcam-seed42}" in tex and r"\MammoTable{tab:density-seeds}" in tex
     assert "most confident correct predictions" in tex and f"2 of {PER_CLASS} requested" in tex
     assert "no validation images" in tex
     md = (article / "02-density.md").read_text()
@@ -318,9 +318,9 @@ def test_cross_validation_folds_and_table(trained, tmp_path):
     # identical folds: mean = the fold value, sd = 0
     acc = result.checks and json.loads((article / "assets" / MANIFEST_NAME).read_text())["cv_runs"][0]
     value = acc["folds"][0]["metrics_recomputed"]["acc"]
-    assert f"{value:.3f} $\\pm$ 0.000" in tex
+    assert f"{value:.3f}\\\\\\ensuremath{{\\pm}} 0.000" in tex  # the sd under the mean, a narrow column
     md = (article / "02-density.md").read_text()
-    assert "| **mean ± sd** |" in md and "fold_2_gradcam.png" in md
+    assert f"| **Mean ± sd** | **{value:.3f} ± 0.000** |" in md and "fold_2_gradcam.png" in md
 
     # a later pack without the CV run removes the fold figures the previous pack listed
     (article / "assets" / "notes.png").write_bytes(b"not ours")

@@ -6,6 +6,7 @@ No model here (see test_report_pack.py for the whole command on a trained run).
 import io
 import shutil
 import subprocess
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -19,6 +20,7 @@ from mammography.report.content import CVEntry, FigureRef, ReportContent, SeedEn
 from mammography.report.figures import (
     COLUMN_WIDTH_IN,
     DPI,
+    ERROR_COLOR,
     MIN_FONT_PT,
     GridRow,
     class_grid_figure,
@@ -29,7 +31,7 @@ from mammography.report.figures import (
 from mammography.report.latex import default_article_dir, render_latex, tex_escape
 from mammography.report.markdown import BEGIN_MARKER, END_MARKER, render_markdown_block, replace_marked_block
 from mammography.report.overlay import DisplayTile, blend, colorize, png_bytes, tile_label, to_display
-from mammography.report.tables import metric_table
+from mammography.report.tables import format_percent, format_value, metric_table
 
 # --------------------------------------------------------------------------- overlay
 
@@ -211,6 +213,65 @@ def test_errors_and_random_strategies():
         select_per_class(y_true, y_pred, probs, paths, strategy="best")
 
 
+def test_selection_prefers_distinct_patients_where_the_data_allow():
+    # class 1: four images of patient A (most confident) and one of patient B; class 2: two images of patient C
+    y_true = np.array([1, 1, 1, 1, 1, 2, 2])
+    y_pred = y_true.copy()
+    conf = np.array([0.99, 0.98, 0.97, 0.96, 0.60, 0.9, 0.8])
+    probs = np.zeros((7, 4))
+    probs[np.arange(7), y_true - 1] = conf
+    paths = [f"img{i}.dcm" for i in range(7)]
+    patients = ["A", "A", "A", "A", "B", "C", "C"]
+    sel = select_per_class(y_true, y_pred, probs, paths, per_class=2, groups=patients)
+    assert sel[1].indices == (0, 4) and sel[1].n_patients == 2 and not sel[1].repeats_patients
+    assert sel[2].indices == (5, 6) and sel[2].repeats_patients and sel[2].available_patients == 1
+    plain = select_per_class(y_true, y_pred, probs, paths, per_class=2)
+    assert plain[1].indices == (0, 1) and plain[1].n_patients is None
+    # a missing patient id counts as a patient of its own
+    sel = select_per_class(y_true, y_pred, probs, paths, per_class=2, groups=["A", None, "", "A", "B", "C", "C"])
+    assert sel[1].indices == (0, 1)
+
+
+def test_captions_explain_the_marks_and_repeated_patients():
+    from mammography.analysis.selection import ClassSelection
+    from mammography.report.captions import grid_marks_text
+
+    sel = {1: ClassSelection(1, (0, 1), 2, 5, "confident", n_patients=1, available_patients=1),
+           2: ClassSelection(2, (2,), 2, 1, "confident", n_patients=1, available_patients=1)}
+    text = grid_marks_text(sel, y_true=[1, 1, 2], y_pred=[1, 2, 2])
+    assert "red frame" in text and "1 of the 3 images shown" in text
+    assert "class 1 has validation images of only 1 patient, so its row repeats a patient" in text
+
+
+def test_misclassified_tiles_are_framed_and_dollar_signs_are_text():
+    rows = [GridRow(header="1 (A) $\\frac$", cells=[_tile(1), _tile(1, pred=3)], key=1)]
+    fig, layout = class_grid_figure(rows, title="res$\\frac$ \u00b7 seed 43", n_columns=4)
+    figure_png_bytes(fig)  # draws: matplotlib would fail on the maths without parse_math=False
+    assert layout.row(1).misclassified == (False, True) and layout.n_misclassified == 1
+    frames = [p for p in fig.axes[0].patches if p.get_gid() == "error_frame"]
+    assert len(frames) == 1
+    labels = [t for t in fig.texts if t.get_gid() == "tile_label"]
+    assert [matplotlib.colors.to_hex(t.get_color()) for t in labels] == ["#000000", ERROR_COLOR]
+    assert any(t.text == "res$\\frac$ \u00b7 seed 43" for t in layout.texts)
+
+
+def test_verdicts_compare_with_the_baseline_and_a_stated_margin():
+    from mammography.report.verdicts import (ABOVE, BELOW, WITHIN, chance_agreement, compare_difference,
+                                              compare_share, random_region_iou)
+
+    # 51 % outside the breast against 56 % for a uniform map: inside the +-25 % band, no clear preference
+    assert compare_share(0.51, 0.49, 0.53, 0.56).verdict == WITHIN
+    assert compare_share(0.30, 0.27, 0.33, 0.56).verdict == BELOW
+    assert compare_share(0.80, 0.75, 0.85, 0.56).verdict == ABOVE
+    assert compare_share(float("nan"), None, None, 0.56).verdict == WITHIN
+    rng = np.random.default_rng(0)
+    assert compare_difference(rng.normal(0.0, 0.05, 40)).verdict == WITHIN  # inside the random band
+    assert compare_difference(rng.normal(-0.1, 0.02, 40)).verdict == BELOW
+    # two models predicting classes 1/2 half and half agree by chance on half the images
+    assert chance_agreement(np.array([[1, 1], [1, 2], [2, 1], [2, 2]])) == pytest.approx(0.5)
+    assert random_region_iou(0.2) == pytest.approx(0.04 / 0.36)
+
+
 # --------------------------------------------------------------------------- tables, LaTeX, Markdown
 
 
@@ -237,15 +298,59 @@ def _content(tmp_path, wide=False):
 
 def test_latex_escapes_text_and_uses_article_relative_paths(tmp_path):
     tex = render_latex(_content(tmp_path), tmp_path / "Article")
-    assert r"\includegraphics[width=\columnwidth]{assets/density_gradcam_seed42.png}" in tex
-    assert r"\label{fig:density-gradcam-seed42}" in tex
+    # figures go through the layout macro: width and height bounds are set when the article compiles
+    assert r"\MammoFigure{0}{assets/density_gradcam_seed42.png}" in tex
+    assert r"\includegraphics[width=\linewidth,height=\Mammo@height,keepaspectratio]{#2}" in tex
+    assert r"{fig:density-gradcam-seed42}" in tex
     assert r"Seed 42 \& friends: 50\% of run\_4 \textperiodcentered{} ok" in tex
-    assert r"{assets/cv/fold_1_gradcam.png}" in tex and r"\label{tab:density-seeds}" in tex
+    assert r"{assets/cv/fold_1_gradcam.png}" in tex and r"\MammoTable{tab:density-seeds}" in tex
     assert "0.800" in tex and tex_escape("a_b#c") == r"a\_b\#c"
-    wide = render_latex(_content(tmp_path, wide=True), tmp_path / "Article")
-    assert r"\begin{figure*}" in wide and r"width=\textwidth" in wide
+    assert r"\MammoSetLayout{auto}" in tex
+    wide = render_latex(_content(tmp_path, wide=True), tmp_path / "Article", layout="twocolumn")
+    assert r"\MammoFigure{1}{assets/density_gradcam_seed42.png}" in wide and r"\MammoSetLayout{twocolumn}" in wide
     assert default_article_dir(tmp_path / "Article" / "sections" / "x.tex") == tmp_path / "Article"
     assert default_article_dir(tmp_path / "Paper" / "x.tex") == tmp_path / "Paper"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("p < 0.001", r"p \textless{} 0.001"),
+    ("a > b | c", r"a \textgreater{} b \textbar{} c"),
+    ("~^\\%_#&$", r"\textasciitilde{}\textasciicircum{}\textbackslash{}\%\_\#\&\$"),
+    ("{x}", r"\{x\}"),
+    ("\u03c1 = 0.87, \u03ba \u00b1 0.1", r"\ensuremath{\rho} = 0.87, \ensuremath{\kappa} \ensuremath{\pm} 0.1"),
+    ("\u22120.05", r"\ensuremath{-}0.05"),
+    ("--->", r"-{}-{}-\textgreater{}"),
+    ("line\nbreak", "line break"),
+    ("[0.1, 0.2]", "{[}0.1, 0.2{]}"),
+    ("caf\u00e9 \U0001F600", "caf\u00e9 [U+1F600]"),
+])
+def test_tex_escape_prints_every_character_literally(text, expected):
+    assert tex_escape(text) == expected
+
+
+def test_long_names_may_break_and_comments_stay_on_one_line():
+    from mammography.report.latex import tex_cell, tex_comment
+
+    assert r"results\_\allowbreak{}k5\_\allowbreak{}seed42" in tex_escape("results_k5_seed42_experiment_final")
+    assert "\n" not in tex_comment("a\nb\rc\u2028d") and tex_comment("a\nb") == "a b"
+    assert tex_cell("0.41\n[0.38, 0.44]") == r"\MammoCell{c}{0.41\\{[}0.38, 0.44{]}}"
+
+
+def test_numbers_use_a_true_minus_sign():
+    assert format_value(-0.05, 2) == "\u22120.05" and format_value(-0.0001, 2) == "0.00"
+    assert format_percent(-0.25) == "\u221225 %" and format_percent(0.825) == "82 %"
+
+
+def test_markdown_escaping_cannot_inject_markup_or_end_the_comment():
+    from mammography.report.markdown import html_comment, md_cell, md_escape, md_link
+
+    assert md_escape("a|b *c* [d](e) <img src=x> $x$ #1 &lt;") == (
+        r"a\|b \*c\* \[d\](e) \<img src=x\> \$x\$ \#1 \&lt;")
+    assert md_escape("two\nlines") == "two lines" and md_cell("0.41\n[0.38, 0.44]") == r"0.41 \[0.38, 0.44\]"
+    for text in ("--->", "-->", "a--!>b", "---", "x\n<script>"):
+        inner = html_comment(text)
+        assert "--" not in inner and "\n" not in inner, text
+    assert md_link(Path("/a/b c/(x).png"), Path("/a")) == "b%20c/%28x%29.png"
 
 
 def test_markdown_block_replacement_keeps_everything_outside(tmp_path):

@@ -11,29 +11,80 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import re
 import sys
 from pathlib import Path
 
 from mammography import __version__
 from mammography.errors import MammographyError, printable
+from mammography.report.texlayout import LAYOUTS
 
 EXIT_USER_ERROR = 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse parser whose errors are one line and exit code 2."""
+    """argparse parser whose errors are one line, exit code 2, with a "did you mean" for typos."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}{_suggestion(self, message)} "
+                                   f"(see {self.prog} --help)\n")
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<word>.*?)' \(choose from (?P<choices>.*)\)")
+
+
+def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    """``"; did you mean '--epochs'?"`` for an unknown flag or a mistyped choice or command."""
+    from mammography.suggest import did_you_mean
+
+    m = _INVALID_CHOICE.search(message)
+    if m:
+        return did_you_mean(m.group("word"), re.findall(r"'([^']*)'", m.group("choices")), n=1)
+    if message.startswith("unrecognized arguments:"):
+        flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+        words = [w.split("=", 1)[0] for w in message.split(":", 1)[1].split() if w.startswith("-")]
+        # flags share prefixes ("--s..."): only close look-alikes are worth naming
+        hints = [did_you_mean(w, flags, n=2, cutoff=0.8)[2:].rstrip("?") for w in words]
+        hints = [f"{w}: {h}" for w, h in zip(words, hints) if h]
+        return ("; " + "; ".join(hints) + "?") if hints else ""
+    return ""
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Raw descriptions; defaults shown for options that take a value (an on/off switch's is implied)."""
+    """Raw descriptions; every option's help ends with its default (a switch's is "off").
+
+    Options whose default is ``None`` say in their help what happens without
+    them (their help mentions "default"); a required option says so.
+    """
 
     def _get_help_string(self, action):
-        if action.nargs == 0 or action.default is None:
-            return action.help
-        return super()._get_help_string(action)
+        text = action.help or ""
+        if action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if action.nargs == 0:
+            return f"{text} (default: off)"
+        if "default" in text.lower():
+            return text
+        if action.default is None:
+            return f"{text} (default: none)"
+        value = action.default
+        shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def _device_arg(value: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N."""
+    if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N")
+
+
+def _add_device(group) -> None:
+    """The one --device flag of every command that runs a model (default auto everywhere)."""
+    group.add_argument("--device", type=_device_arg, default="auto", metavar="DEVICE",
+                       help="torch device: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
 
 
 def _strip_lone_dashdash(argv: list[str]) -> list[str]:
@@ -86,7 +137,7 @@ def _add_demo(sub):
     p.add_argument("--n", type=int, default=200, help="number of phantom images")
     p.add_argument("--img-size", type=int, default=128, help="model input side for training and Grad-CAM (px)")
     p.add_argument("--epochs", type=int, default=12, help="training epochs per seed")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
+    _add_device(p)
     p.add_argument("--no-explorer", action="store_true", help="skip the explorer site")
     p.set_defaults(handler=_run_demo, cam_heavy=True)
 
@@ -242,17 +293,19 @@ def _add_training_flags(p, outdir_default: str) -> None:
     data.add_argument("--num-workers", type=int, default=0, metavar="N", help="DataLoader worker processes")
     opt = p.add_argument_group("training")
     opt.add_argument("--seed", type=int, default=42, help="seed of the split, initialisation, shuffling and dropout")
-    opt.add_argument("--epochs", type=int, default=10)
-    opt.add_argument("--batch-size", type=int, default=8)
+    opt.add_argument("--epochs", type=int, default=10, metavar="N",
+                     help="passes over the training images (the learning rate decays to 0 over them)")
+    opt.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per optimisation step")
     opt.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (cosine decay over the epochs)")
-    opt.add_argument("--weight-decay", type=float, default=1e-4)
+    opt.add_argument("--weight-decay", type=float, default=1e-4, metavar="W",
+                     help="AdamW weight decay (L2 penalty on the weights)")
     opt.add_argument("--save-best", action="store_true",
                      help="write the epoch with the best bal_acc_adj (default: the last epoch)")
     opt.add_argument("--no-class-weights", dest="class_weighted", action="store_false",
                      help="plain cross-entropy (default: weighted by inverse class frequency)")
     opt.add_argument("--pretrained-weights", type=_path, metavar="FILE",
                      help="local backbone weights to start from (nothing is downloaded)")
-    opt.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_device(opt)
     opt.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -333,8 +386,14 @@ def _add_cross_validate(sub):
 def _run_cross_validate(args) -> int:
     from mammography.training.cv import cross_validate
 
+    import json
+
+    from mammography.training.cv import summary_lines
+
     root = cross_validate(_training_config(args), folds=args.folds)
     print(f"wrote cross-validation {root} ({args.folds} folds, cv_summary.json)")
+    for line in summary_lines(json.loads((root / "cv_summary.json").read_text())):
+        print(line)
     return 0
 
 # <cmd:explain> (owned by the explain work; keep the anchor)
@@ -377,7 +436,7 @@ def _add_explain(sub):
     p.add_argument("--out", type=_path, default=Path("outputs/explanations"), metavar="DIR",
                    help="output folder; each run gets OUT/<run id> (e.g. --out Article/cams)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch (e.g. 32 on a GPU)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (e.g. --device cuda)")
+    _add_device(p)
     p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none",
                    help="mixed precision for the forward pass on a GPU (e.g. --autocast bf16)")
     p.add_argument("--cache-dir", type=_path, metavar="DIR",
@@ -511,7 +570,7 @@ def _add_analyze(sub):
     extra.add_argument("--sanity-images", type=int, default=8, metavar="N", help="images in the sanity sample")
     extra.add_argument("--seed", type=int, default=0, help="seed of the samples, random orders and bootstrap")
     comp = p.add_argument_group("computation")
-    comp.add_argument("--device", default="auto", help="auto, cpu or cuda (e.g. --device cpu)")
+    _add_device(comp)
     comp.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per Grad-CAM batch")
     comp.add_argument("--cache-dir", type=_path, metavar="DIR",
                       help="decoded-image cache (default: $MAMMOGRAPHY_CACHE or ~/.cache/mammography)")
@@ -617,6 +676,10 @@ def _add_report_pack(sub):
     out.add_argument("--markdown", type=_path, default=Path("Article/02-density.md"), metavar="FILE",
                      help="Markdown file whose block between <!-- mammography:report-pack:begin/end --> is "
                           "replaced (created if absent; text outside the markers is kept); e.g. --markdown README.md")
+    out.add_argument("--layout", choices=LAYOUTS, default="auto",
+                     help="how the LaTeX places figures and tables wider than a column: auto = span both columns "
+                          "when the article is two-column (detected when it is compiled), onecolumn = never span, "
+                          "twocolumn = always span (figure*, table*); every float also fits the page height")
     out.add_argument("--article-dir", type=_path, metavar="DIR",
                      help="folder the article is compiled from; figure paths in the .tex are relative to it "
                           "(default: the folder above sections/; e.g. --article-dir Paper)")
@@ -640,7 +703,7 @@ def _add_report_pack(sub):
     fig.add_argument("--alpha", type=float, default=0.4,
                      help="heatmap opacity over the mammogram, 0-1 (e.g. --alpha 0.5)")
     run = p.add_argument_group("computation")
-    run.add_argument("--device", default="auto", help="auto, cpu or cuda (e.g. --device cpu)")
+    _add_device(run)
     run.add_argument("--batch-size", type=int, default=8, metavar="N",
                      help="images per Grad-CAM batch (e.g. --batch-size 32 on a GPU)")
     run.add_argument("--strict", action="store_true",
@@ -678,7 +741,7 @@ def _run_report_pack(args) -> int:
         colormap=args.colormap, alpha=args.alpha, device=args.device, batch_size=args.batch_size,
         strict=args.strict, cache_dir=args.cache_dir, progress=args.progress, analysis=args.analysis,
         roi_dir=args.roi_dir, manifest=args.manifest, faithfulness=args.faithfulness,
-        faithfulness_images=args.faithfulness_images,
+        faithfulness_images=args.faithfulness_images, layout=args.layout,
     )
     options = dataclasses.replace(options, command=command_line(args.runs, args.cv_runs, options))
     result = report_pack(args.runs, args.cv_runs, options, outputs_root=args.outputs_root)
@@ -752,7 +815,7 @@ def _add_explore(sub):
     p.add_argument("--method", default="gradcam",
                    help="CAM method: gradcam, gradcam++, hirescam, xgradcam or layercam")
     p.add_argument("--title", help="page title (default names the runs)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_device(p)
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per Grad-CAM batch")
     p.add_argument("--cache-dir", type=_path, metavar="DIR",
                    help="decoded-image cache; unset: $MAMMOGRAPHY_CACHE or ~/.cache/mammography")
@@ -814,7 +877,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     argv = _strip_lone_dashdash(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        # reported by the sub-command's parser, which knows the flags a typo was meant to be
+        commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.get(getattr(args, "command", None), parser).error("unrecognized arguments: " + " ".join(extras))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",

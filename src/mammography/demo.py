@@ -30,12 +30,13 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mammography.errors import ConfigError
 
-__all__ = ["DemoConfig", "DemoResult", "run_demo"]
+__all__ = ["DemoConfig", "DemoResult", "DemoProgress", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,71 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+#: share of the demo's time each stage takes (2 CPU cores, default settings; training = 3 seeds)
+STAGE_WEIGHTS = {"phantoms": 0.02, "training": 0.75, "report": 0.18, "explorer": 0.05}
+
+
+def _clock_text(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+@dataclass
+class DemoProgress:
+    """One overall progress line for the demo: share done, time elapsed and an estimate of the time left.
+
+    The stages' shares of the work are :data:`STAGE_WEIGHTS` (renormalised
+    over the stages that run); training advances epoch by epoch. The time
+    left is extrapolated from the stage under way: its measured pace gives
+    its own remaining time and, through the weights, the later stages'
+    (before a stage has progressed, from the pace of the demo so far; no
+    estimate before 2 % of the work).
+
+    Parameters
+    ----------
+    stages : the stages that run, in order.
+    announce : receives each line.
+    clock : seconds (monotonic); a parameter so tests can drive it.
+    """
+
+    stages: tuple[str, ...]
+    announce: Callable[[str], None] = print
+    clock: Callable[[], float] = time.perf_counter
+    started: float | None = None
+    done: float = 0.0
+
+    def __post_init__(self):
+        total = sum(STAGE_WEIGHTS[s] for s in self.stages)
+        self.weights = {s: STAGE_WEIGHTS[s] / total for s in self.stages}
+        self.started = self.clock() if self.started is None else self.started
+        self._stage, self._stage_started = None, self.started
+
+    def _left(self, stage: str, fraction: float, now: float) -> float | None:
+        later = sum(self.weights[s] for s in self.stages[self.stages.index(stage) + 1:])
+        if fraction > 0:
+            stage_total = (now - self._stage_started) / fraction
+            return stage_total * (1 - fraction) + stage_total * later / self.weights[stage]
+        if self.done >= 0.02:
+            return (now - self.started) * (1 - self.done) / self.done
+        return None
+
+    def update(self, stage: str, fraction: float, detail: str = "") -> str:
+        """Record that ``fraction`` (0..1) of ``stage`` is done; announce and return the line."""
+        now = self.clock()
+        if stage != self._stage:
+            self._stage, self._stage_started = stage, now
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        before = sum(self.weights[s] for s in self.stages[: self.stages.index(stage)])
+        self.done = min(1.0, before + self.weights[stage] * fraction)
+        left = self._left(stage, fraction, now)
+        text = ("done" if self.done >= 1.0 else "estimating the time left" if left is None
+                else f"about {_clock_text(left)} left")
+        line = f"[demo {100 * self.done:3.0f} %] {_clock_text(now - self.started)} elapsed, {text}"
+        line += f" - {detail}" if detail else ""
+        self.announce(line)
+        return line
+
+
 def _check_out_dir(out: Path) -> None:
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
         raise ConfigError(
@@ -107,8 +173,13 @@ def _phantoms(config: DemoConfig) -> Path:
     return manifest
 
 
-def _train(config: DemoConfig, manifest: Path) -> list[Path]:
+def _train(config: DemoConfig, manifest: Path, progress: DemoProgress | None = None) -> list[Path]:
     from mammography.training import train_demo_runs
+
+    def on_epoch(index: int, seed: int, epoch: int, epochs: int) -> None:
+        if progress is not None:
+            progress.update("training", (index + epoch / epochs) / len(config.seeds),
+                            f"training seed {seed}, epoch {epoch}/{epochs}")
 
     outdir = config.out / "outputs" / "mammo_efficientnetb0_density"
     if outdir.exists():
@@ -121,6 +192,7 @@ def _train(config: DemoConfig, manifest: Path) -> list[Path]:
         epochs=config.epochs,
         device=config.device,
         cache_dir=config.out / ".cache",
+        on_epoch=on_epoch,
     )
 
 
@@ -155,22 +227,27 @@ def _explorer(config: DemoConfig, runs: list[Path]) -> Path:
 
 
 def run_demo(config: DemoConfig = DemoConfig(), announce=print) -> DemoResult:
-    """Run the whole chain on phantoms; ``announce`` receives one line per stage."""
+    """Run the whole chain on phantoms; ``announce`` receives one line per stage and the progress lines."""
     config = DemoConfig(**{**config.__dict__, "out": Path(config.out)})
     _check_out_dir(config.out)
     seconds: dict[str, float] = {}
+    stages = ("phantoms", "training", "report") + (("explorer",) if config.explorer else ())
+    progress = DemoProgress(stages, announce=announce)
+    progress.update("phantoms", 0.0, "writing the phantom data set")
 
     t = time.perf_counter()
     manifest = _phantoms(config)
     seconds["phantoms"] = time.perf_counter() - t
     announce(f"[1/4] phantom data set: {manifest} ({seconds['phantoms']:.0f} s)")
+    progress.update("training", 0.0, f"training seeds {', '.join(map(str, config.seeds))}")
 
     t = time.perf_counter()
-    runs = _train(config, manifest)
+    runs = _train(config, manifest, progress)
     seconds["training"] = time.perf_counter() - t
     announce(f"[2/4] trained {len(runs)} runs ({seconds['training']:.0f} s):")
     for run in runs:
         announce(f"      {run}  {_metrics_line(run)}")
+    progress.update("report", 0.0, "report-pack: Grad-CAM figures and the attention analysis")
 
     t = time.perf_counter()
     report = _report(config, runs)
@@ -181,22 +258,25 @@ def run_demo(config: DemoConfig = DemoConfig(), announce=print) -> DemoResult:
 
     index = None
     if config.explorer:
+        progress.update("explorer", 0.0, "building the explorer")
         t = time.perf_counter()
         index = _explorer(config, runs)
         seconds["explorer"] = time.perf_counter() - t
         announce(f"[4/4] explorer ({seconds['explorer']:.0f} s): open file://{index.resolve()}")
         announce(f"      or serve it: mammography explore --serve --out {index.parent}")
+    progress.update(stages[-1], 1.0)
     return DemoResult(manifest=manifest, runs=runs, report=report, explorer_index=index, seconds=seconds)
 
 
 def _metrics_line(run_dir: Path) -> str:
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = json.loads((run_dir / "metrics" / "val_metrics.json").read_text())
-    return (
-        f"seed {summary['seed']}: acc {metrics['acc']:.3f}, "
-        f"kappa {metrics['kappa_quadratic']:.3f}, bal_acc_adj {metrics['bal_acc_adj']:.3f} "
-        f"(best epoch {summary['best_epoch']})"
-    )
+
+    def fmt(key: str) -> str:  # undefined on a tiny or one-class validation set
+        return "n/a" if metrics.get(key) is None else f"{metrics[key]:.3f}"
+
+    return (f"seed {summary['seed']}: acc {fmt('acc')}, kappa {fmt('kappa_quadratic')}, "
+            f"bal_acc_adj {fmt('bal_acc_adj')} (best epoch {summary['best_epoch']})")
 
 
 def _report_lines(report) -> list[str]:

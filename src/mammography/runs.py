@@ -1147,10 +1147,9 @@ def resolve_runs(specs, outputs_root: str | Path = Path("outputs")) -> list[Path
             matches = next(([c] for c in candidates if c.is_dir()), [])
             looked = [str(c) for c in candidates]
         if not matches:
-            raise RunError(
-                f"run {text!r} not found (looked in: {', '.join(looked)}); train one with {TRAIN_WRITER} "
-                f"or pass the run directory"
-            )
+            from mammography.suggest import run_not_found_message
+
+            raise RunError(run_not_found_message(text, [Path(p) for p in looked], bases, TRAIN_WRITER))
         for match in matches:
             match = match.absolute()
             if match not in found:

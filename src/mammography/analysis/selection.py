@@ -16,6 +16,12 @@ order of rows in a CSV):
     ones, least confident first.
 ``random``
     a random sample, seeded (the run's seed by default).
+
+With ``groups`` (the patient of each image, else its accession) every
+strategy prefers distinct women: it walks its order taking only images of a
+patient not shown yet in that class, then fills what is left in the same
+order. So a row repeats a woman only when the class has fewer patients than
+images asked for, and :attr:`ClassSelection.repeats_patients` says so.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ class ClassSelection:
     requested : how many were asked for.
     available : how many validation images have this true class.
     strategy : the strategy used.
+    n_patients : distinct patients among the chosen images (``None`` without groups).
+    available_patients : distinct patients among the class's images (``None`` without groups).
     """
 
     label: int
@@ -56,6 +64,13 @@ class ClassSelection:
     requested: int
     available: int
     strategy: str
+    n_patients: int | None = None
+    available_patients: int | None = None
+
+    @property
+    def repeats_patients(self) -> bool:
+        """True when two chosen images come from one patient (only when the class has too few patients)."""
+        return self.n_patients is not None and self.n_patients < len(self.indices)
 
     @property
     def shortfall(self) -> bool:
@@ -99,6 +114,7 @@ def select_per_class(
     strategy: str = "confident",
     seed: int = 0,
     classes: tuple[int, ...] = (1, 2, 3, 4),
+    groups=None,
 ) -> dict[int, ClassSelection]:
     """Pick up to ``per_class`` images of each true class.
 
@@ -112,6 +128,9 @@ def select_per_class(
     strategy : one of :data:`STRATEGIES`.
     seed : seed of the ``random`` strategy.
     classes : the class labels to return, in order.
+    groups : optional (N,) patient (or exam) identifier per image; images of
+        patients not yet chosen in a class come first. Empty or missing
+        values count as patients of their own.
 
     Returns
     -------
@@ -127,6 +146,9 @@ def select_per_class(
     names = np.asarray([str(p) for p in image_paths])
     if not (len(y_true) == len(y_pred) == len(probs) == len(names)):
         raise ConfigError("y_true, y_pred, probabilities and image_paths must have the same length")
+    patient = _group_keys(groups, names)
+    if len(patient) != len(names):
+        raise ConfigError("groups must give one patient per image")
     confidence = probs[np.arange(len(probs)), y_pred - 1] if len(probs) else np.zeros(0)
     p_true = probs[np.arange(len(probs)), y_true - 1] if len(probs) else np.zeros(0)
     wrong = (y_true != y_pred).astype(np.int64)
@@ -148,7 +170,33 @@ def select_per_class(
             by_name = np.argsort(names[idx], kind="stable")
             rng = np.random.default_rng([int(seed), int(label)])
             order = by_name[rng.permutation(len(idx))]
-        chosen = idx[order][:per_class]
-        out[label] = ClassSelection(label=int(label), indices=tuple(int(i) for i in chosen),
-                                    requested=int(per_class), available=int(len(idx)), strategy=strategy)
+        ranked = idx[order]
+        chosen = ranked[:per_class] if groups is None else _distinct_first(ranked, patient, per_class)
+        out[label] = ClassSelection(
+            label=int(label), indices=tuple(int(i) for i in chosen), requested=int(per_class),
+            available=int(len(idx)), strategy=strategy,
+            n_patients=None if groups is None else len(set(patient[chosen])),
+            available_patients=None if groups is None else len(set(patient[idx])),
+        )
     return out
+
+
+def _group_keys(groups, names: np.ndarray) -> np.ndarray:
+    """Patient key per image; a missing value becomes the image's own name (a patient of its own)."""
+    if groups is None:
+        return names
+    keys = []
+    for g, name in zip(groups, names):
+        text = "" if g is None or (isinstance(g, float) and np.isnan(g)) else str(g).strip()
+        keys.append(f"patient:{text}" if text and text.lower() != "nan" else f"image:{name}")
+    return np.asarray(keys)
+
+
+def _distinct_first(ranked: np.ndarray, patient: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` of ``ranked`` taking one image per patient first, then the rest in rank order."""
+    seen: set = set()
+    first, rest = [], []
+    for i in ranked:
+        (rest if patient[i] in seen else first).append(i)
+        seen.add(patient[i])
+    return np.asarray((first + rest)[:n], dtype=np.int64)

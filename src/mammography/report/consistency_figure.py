@@ -1,16 +1,17 @@
 """Figures of the attention analyses: cross-seed consistency and spurious-attention examples.
 
 * :func:`consistency_figure` draws ``density_gradcam_consistency.png``: one
-  row per image (the most consistent images first, then the least
-  consistent), one column per seed; every tile is the mammogram with that
-  seed's Grad-CAM and ``GT · Pred · confidence``; each row's header names the
-  image and its note gives the pairwise similarity and the verdict.
+  column per image (the most consistent images first, then the least
+  consistent), one row per seed, so the figure is wide and short and fits
+  one page (the text width of a two-column article); every tile is the
+  mammogram with that seed's Grad-CAM and ``GT · Pred · confidence``; each
+  column header names the image, the pairwise similarity and the verdict.
 * :func:`spurious_figure` draws example tiles of a run's images with the most
   attention on burned-in markers, the border band or outside the breast.
 
 Both reuse :func:`mammography.report.figures.draw_grid`, so they share the
-class-grid figures' look (300 dpi, one journal column, fonts of at least
-6 pt) and render to identical bytes for identical inputs
+class-grid figures' look (300 dpi, fonts of at least 6 pt, misclassified
+tiles framed in red) and render to identical bytes for identical inputs
 (:func:`~mammography.report.figures.figure_png_bytes` strips the software
 and date metadata).
 """
@@ -27,9 +28,9 @@ from mammography.analysis.consistency import select_extremes
 from mammography.analysis.maps import normalise_map
 from mammography.analysis.run_analysis import ConsistencyResult, RunAnalysis
 from mammography.errors import ConfigError
-from mammography.report.figures import FigureLayout, GridRow, draw_grid, figure_png_bytes
+from mammography.report.figures import ERROR_LEGEND, FigureLayout, GridRow, draw_grid, figure_png_bytes
 from mammography.report.overlay import DisplayTile
-from mammography.report.tables import format_value
+from mammography.report.tables import format_percent, format_value
 
 __all__ = [
     "CONSISTENCY_FIGURE",
@@ -94,12 +95,10 @@ def _reasons_text(rec) -> str:
 
 
 def _row_note(rec) -> str:
+    """Two lines: ``ρ 0.91 · IoU 0.78`` and the verdict."""
     verdict = "high agreement" if rec["agreement"] == HIGH_AGREEMENT else "review"
-    rho = rec["mean_rank_correlation"]
-    iou = rec["mean_top_iou"]
-    rho_text = "\u2014" if not np.isfinite(rho) else f"{rho:.2f}"
-    iou_text = "\u2014" if not np.isfinite(iou) else f"{iou:.2f}"
-    return f"\u03c1 {rho_text} \u00b7 IoU {iou_text} \u00b7 {verdict}"
+    return (f"\u03c1 {format_value(rec['mean_rank_correlation'], 2)} \u00b7 IoU "
+            f"{format_value(rec['mean_top_iou'], 2)}\n{verdict}")
 
 
 def consistency_figure(
@@ -110,7 +109,12 @@ def consistency_figure(
     alpha: float = 0.4,
     title: str | None = None,
 ) -> tuple[Figure, FigureLayout]:
-    """Rows = the ``n`` most and ``n`` least consistent shared images, columns = runs (seeds).
+    """Columns = the ``n`` most and ``n`` least consistent shared images, rows = runs (seeds).
+
+    Shaped to fit a page: one row per seed and one column per image, so the
+    figure spans the text width of a two-column article instead of running
+    down one column. Each column header names the image (``Most 1`` ...,
+    ``Least 1`` ...), gives the pairwise similarity and the verdict.
 
     Parameters
     ----------
@@ -121,70 +125,69 @@ def consistency_figure(
 
     Returns
     -------
-    (figure, layout); each row's ``key`` is ``("most" | "least", image_path)``.
+    (figure, layout); each row's ``key`` is the run's label, ``layout.column_headers``
+    the column texts; the image of column ``j`` is ``image_order(result, n)[j]``.
     """
     if not result.analyses:
         raise ConfigError("this consistency result carries no run analyses to draw from")
-    most, least = select_extremes(result.table, n)
-    by_path = result.table.set_index("image_path")
-    rows = []
-    for group, paths in (("most", most), ("least", least)):
-        for k, path in enumerate(paths):
-            first = result.analyses[0]
-            shape = first.grid_shape(first.index_of(path))
-            cells = [_tile(a, a.index_of(path), shape) for a in result.analyses]
-            # short: header (left) and note (right) share one line of a one-column figure
-            title_group = "Most" if group == "most" else "Least"
-            rows.append(
-                GridRow(
-                    header=f"{title_group} {k + 1} \u00b7 {_short_stem(path)}",
-                    cells=cells,
-                    note=_row_note(by_path.loc[path]),
-                    key=(group, path),
-                )
-            )
-    if not rows:
+    columns = image_order(result, n)
+    if not columns:
         raise ConfigError("no shared images to draw")
-    labels = result.labels
-    headers = [f"seed {lab}" if lab.isdigit() else lab for lab in labels]
-    title = title or f"Grad-CAM across {_runs_text(labels)}: most and least consistent validation images"
+    by_path = result.table.set_index("image_path")
+    first = result.analyses[0]
+    shapes = {path: first.grid_shape(first.index_of(path)) for _, _, path in columns}
+    headers = [f"{'Most' if group == 'most' else 'Least'} {k + 1} \u00b7 {_short_stem(path)}\n"
+               f"{_row_note(by_path.loc[path])}" for group, k, path in columns]
+    rows = []
+    for label, analysis in zip(result.labels, result.analyses):
+        cells = [_tile(analysis, analysis.index_of(path), shapes[path]) for _, _, path in columns]
+        rows.append(GridRow(header=f"seed {label}" if str(label).isdigit() else str(label), cells=cells, key=label))
+    title = title or f"Grad-CAM across {_runs_text(result.labels)}: most and least consistent validation images"
     return draw_grid(
         rows,
         title=title,
-        n_columns=len(labels),
+        n_columns=len(columns),
         colormap=colormap,
         alpha=alpha,
         column_headers=headers,
     )
 
 
+def image_order(result: ConsistencyResult, n: int = 3) -> list[tuple[str, int, str]]:
+    """The consistency figure's columns: ``(group, rank, image_path)``, the most consistent first."""
+    most, least = select_extremes(result.table, n)
+    return [("most", k, p) for k, p in enumerate(most)] + [("least", k, p) for k, p in enumerate(least)]
+
+
 def consistency_caption(result: ConsistencyResult, n: int = 3) -> str:
-    """Plain-text caption of :func:`consistency_figure` with the summary numbers and each row's reasons."""
+    """Plain-text caption of :func:`consistency_figure`: how to read it, each review reason, the summary numbers
+    with their baselines, and the legend of the marks."""
+    from mammography.report.analysis_tables import prediction_columns
+    from mammography.report.verdicts import chance_agreement, random_region_iou
+
     s = result.summary
     th = s["thresholds"]
     most, least = select_extremes(result.table, n)
     by_path = result.table.set_index("image_path")
     rho = s["mean_rank_correlation"]
     iou = s["mean_top_iou"]
-    review = [
-        f"least consistent {k + 1} ({Path(p).stem}): {_reasons_text(by_path.loc[p])}"
-        for k, p in enumerate(least)
-        if _reasons_text(by_path.loc[p])
-    ]
+    review = [f"least {k + 1}: {_reasons_text(by_path.loc[p])}" for k, p in enumerate(least)
+              if _reasons_text(by_path.loc[p])]
     return (
-        f"Grad-CAM of the same validation images under the models of {_runs_text(result.labels)} (columns). "
-        f"Top {len(most)} rows: the most consistent images; bottom {len(least)} rows: the least consistent. "
-        f"Row notes give the mean pairwise Spearman rank correlation of the maps (\u03c1, inside the breast) and "
-        f"the mean IoU of their top-{100 * th['top_fraction']:.0f} % regions. An image needs review when the "
-        f"predictions differ, a pair of maps has \u03c1 < {th['min_rank_correlation']:.2f} or IoU < "
-        f"{th['min_top_iou']:.2f} (attention in different regions), or a model attends to a marker or the image "
-        f"border (attention on an artefact)"
-        + (f"; reasons: {'; '.join(review)}" if review else "")
+        f"Grad-CAM of the same validation images under the models of {_runs_text(result.labels)} (rows). "
+        f"Left {len(most)} columns: the most consistent images; right {len(least)}: the least consistent. "
+        f"Column headers give the mean pairwise Spearman rank correlation of the maps (\u03c1, inside the breast), "
+        f"the mean IoU of their top-{100 * th['top_fraction']:.0f} % regions and the verdict; an image needs "
+        f"review when the predictions differ, a pair of maps has \u03c1 < "
+        f"{format_value(th['min_rank_correlation'], 2)} or IoU < {format_value(th['min_top_iou'], 2)}, or a model attends to a marker or the image border"
+        + (f" ({'; '.join(review)})" if review else "")
         + f". Over all {s['n_images']} shared images the models agree on the class for "
-        f"{100 * s['prediction_agreement_rate']:.0f} %, mean \u03c1 = {format_value(rho['mean'], 2)} "
-        f"(95 % CI {format_value(rho['low'], 2)} to {format_value(rho['high'], 2)}), "
-        f"mean IoU = {format_value(iou['mean'], 2)}, and "
-        f"{s['n_high_agreement']} images ({100 * s['high_agreement_rate']:.0f} %) are high agreement."
+        f"{format_percent(s['prediction_agreement_rate'])} (chance: "
+        f"{format_percent(chance_agreement(prediction_columns(result)))}), "
+        f"mean \u03c1 = {format_value(rho['mean'], 2)} "
+        f"(95 % CI {format_value(rho['low'], 2)} to {format_value(rho['high'], 2)}; unrelated maps: 0), mean IoU = "
+        f"{format_value(iou['mean'], 2)} (random regions: {format_value(random_region_iou(th['top_fraction']), 2)}). "
+        f"Marks: {ERROR_LEGEND}."
     )
 
 
@@ -280,7 +283,7 @@ def spurious_caption(analysis: RunAnalysis, kinds=None, label: str | None = None
         f"Validation images of the {_run_name(_label(analysis, label))} model with the largest share of Grad-CAM "
         f"mass (white outline: the region measured) "
         + "; ".join(parts)
-        + f". The run is {verdict} for spurious attention."
+        + f". The run is {verdict} for spurious attention. Marks: {ERROR_LEGEND}."
     )
 
 

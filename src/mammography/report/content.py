@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mammography.report.tables import MetricTable
+from mammography.report.tables import MetricTable, TextTable
 
 __all__ = ["FigureRef", "SeedEntry", "CVEntry", "AttentionEntry", "ReportContent"]
 
@@ -72,17 +72,15 @@ class AttentionEntry:
 
     Attributes
     ----------
-    sentences : plain-text summary sentences (escaped by each renderer).
-    latex_tables, markdown_tables : the analysis tables, rendered once from
-        the same rows (:func:`mammography.report.analysis_tables.render_analysis_tables`).
-    table_labels : LaTeX labels of those tables, in order.
+    sentences : plain-text summary sentences (escaped by each renderer); each
+        states a number with its baseline and a verdict from their comparison.
+    tables : the analysis tables (:class:`~mammography.report.tables.TextTable`),
+        rendered by the LaTeX and the Markdown templates from the same rows.
     figures : the consistency figure and the spurious-attention figures of flagged runs.
     """
 
     sentences: tuple[str, ...]
-    latex_tables: str
-    markdown_tables: str
-    table_labels: tuple[str, ...] = ()
+    tables: tuple[TextTable, ...] = ()
     figures: tuple[FigureRef, ...] = ()
 
 

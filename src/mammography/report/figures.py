@@ -29,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
 from mammography.errors import ConfigError
@@ -38,6 +39,8 @@ __all__ = [
     "DPI",
     "COLUMN_WIDTH_IN",
     "MIN_FONT_PT",
+    "ERROR_COLOR",
+    "ERROR_LEGEND",
     "GridRow",
     "TextItem",
     "RowLayout",
@@ -62,6 +65,10 @@ _HEADER_PT = 6.5
 _LABEL_PT = 6.0
 _MARGIN_IN = 0.03
 _GAP_IN = 0.03
+#: colour of the frame and annotation of a misclassified tile (explained by :data:`ERROR_LEGEND`)
+ERROR_COLOR = "#d62728"
+ERROR_LEGEND = "a red frame and a red annotation mark a misclassified image (prediction differs from the ground truth)"
+_ERROR_FRAME_PT = 1.5
 _MIN_TILE_IN = 0.80  # keeps "GT 3 · Pred 3 · 0.87" (about 58 pt at 6 pt) on one line
 _EMPTY_ROW_IN = 0.30
 _BAR_IN = 0.07
@@ -122,7 +129,11 @@ class TextItem:
 
 @dataclass(frozen=True)
 class RowLayout:
-    """What one row shows: header, note, row message, per-tile annotations, tiles drawn."""
+    """What one row shows: header, note, row message, per-tile annotations, tiles drawn.
+
+    ``misclassified`` flags, per tile drawn, a tile whose prediction differs
+    from its ground truth (drawn with a red frame and a red annotation).
+    """
 
     key: object
     header: str
@@ -130,6 +141,7 @@ class RowLayout:
     message: str
     labels: tuple[str, ...]
     n_tiles: int
+    misclassified: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,6 +156,17 @@ class FigureLayout:
     rows: tuple[RowLayout, ...]
     texts: tuple[TextItem, ...]
     colorbar_label: str
+    column_headers: tuple[str, ...] = ()
+
+    @property
+    def n_misclassified(self) -> int:
+        """Tiles drawn whose prediction differs from the ground truth."""
+        return sum(sum(r.misclassified) for r in self.rows)
+
+    @property
+    def n_tiles(self) -> int:
+        """Tiles drawn."""
+        return sum(r.n_tiles for r in self.rows)
 
     @property
     def min_font_pt(self) -> float:
@@ -171,6 +194,11 @@ def figure_width_for(n_columns: int) -> float:
     return round(min(MAX_WIDTH_IN, max(COLUMN_WIDTH_IN, natural)), 3)
 
 
+def _text(fig: Figure, x: float, y: float, text: str, **kwargs) -> Text:
+    """``fig.text`` that draws ``text`` as it is: ``$`` never starts maths (file names reach the figures)."""
+    return fig.text(x, y, text, parse_math=False, **kwargs)
+
+
 def _line_in(pt: float, lines: int = 1) -> float:
     return lines * pt * 1.3 / 72.0
 
@@ -181,7 +209,7 @@ def _text_width_in(text: str, fontsize: float, weight: str = "normal") -> float:
         # measured at the output resolution: glyph hinting makes text wider at low dpi
         fig = Figure(figsize=(1, 1), dpi=DPI)
         canvas = FigureCanvasAgg(fig)
-        t = fig.text(0, 0, text, fontsize=fontsize, fontweight=weight)
+        t = _text(fig, 0, 0, text, fontsize=fontsize, fontweight=weight)
         return t.get_window_extent(canvas.get_renderer()).width / DPI
 
 
@@ -233,7 +261,8 @@ def draw_grid(
     n_columns : number of tile columns (default: the longest row).
     colormap, alpha : heatmap colour map and blend weight (see :func:`~mammography.report.overlay.blend`).
     colorbar_label : text under the colour bar.
-    column_headers : optional text above each column (first row only).
+    column_headers : optional text above each column (first row only); ``"\\n"``
+        starts another line (every column gets the height of the tallest).
     width_in : figure width; default :func:`figure_width_for` ``(n_columns)``.
 
     Returns
@@ -256,8 +285,10 @@ def draw_grid(
         bar_label_lines = _wrap(colorbar_label, _LABEL_PT, inner_w)
         # --- heights, top to bottom ---------------------------------------
         height = _MARGIN_IN + _line_in(_TITLE_PT, len(title_lines)) + _GAP_IN
-        if column_headers:
-            height += _line_in(_HEADER_PT)
+        # each header line wrapped to its column (at ' · ' first), so neighbours never overlap
+        headers = ["\n".join(_wrap(str(t), _HEADER_PT, tile_w)) for t in column_headers or ()]
+        header_lines = max((t.count("\n") + 1 for t in headers), default=0)
+        height += _line_in(_HEADER_PT, header_lines)
         row_specs = []
         for r in rows:
             tiles_here = bool(r.cells)
@@ -281,15 +312,15 @@ def draw_grid(
             return 1.0 - y_top_in / height
 
         y = _MARGIN_IN
-        fig.text(0.5, fy(y), "\n".join(title_lines), fontsize=_TITLE_PT, ha="center", va="top",
-                 fontweight="bold", linespacing=1.15, gid="title")
+        _text(fig, 0.5, fy(y), "\n".join(title_lines), fontsize=_TITLE_PT, ha="center", va="top",
+              fontweight="bold", linespacing=1.15, gid="title")
         y += _line_in(_TITLE_PT, len(title_lines)) + _GAP_IN
         col_x = [_MARGIN_IN + j * (tile_w + _GAP_IN) for j in range(n_columns)]
-        if column_headers:
-            for j, text in enumerate(column_headers[:n_columns]):
-                fig.text(fx(col_x[j] + tile_w / 2), fy(y), text, fontsize=_HEADER_PT, ha="center", va="top",
-                         gid="column_header")
-            y += _line_in(_HEADER_PT)
+        if headers:
+            for j, text in enumerate(headers[:n_columns]):
+                _text(fig, fx(col_x[j] + tile_w / 2), fy(y), text, fontsize=_HEADER_PT, ha="center", va="top",
+                      linespacing=1.15, gid="column_header")
+            y += _line_in(_HEADER_PT, header_lines)
 
         # One axes spanning the figure in inches (y down from the top) holds every tile:
         # far cheaper than an axes per tile, and tiles sit exactly where the layout says.
@@ -298,21 +329,29 @@ def draw_grid(
         board.set_autoscale_on(False)
         row_layouts = []
         for r, header_h, body_h, label_h, two_line in row_specs:
-            fig.text(fx(_MARGIN_IN), fy(y), r.header, fontsize=_HEADER_PT, ha="left", va="top",
-                     fontweight="bold", gid="row_header")
+            _text(fig, fx(_MARGIN_IN), fy(y), r.header, fontsize=_HEADER_PT, ha="left", va="top",
+                  fontweight="bold", gid="row_header")
             if r.note:
-                fig.text(fx(width - _MARGIN_IN), fy(y), r.note, fontsize=_LABEL_PT, ha="right", va="top",
-                         style="italic", gid="row_note")
+                _text(fig, fx(width - _MARGIN_IN), fy(y), r.note, fontsize=_LABEL_PT, ha="right", va="top",
+                      style="italic", gid="row_note")
             y += header_h
             labels: list[str] = []
+            misclassified: list[bool] = []
             if not r.cells:
-                fig.text(0.5, fy(y + body_h / 2), r.message or "no images", fontsize=_LABEL_PT, ha="center",
-                         va="center", color="0.3", gid="row_message")
+                _text(fig, 0.5, fy(y + body_h / 2), r.message or "no images", fontsize=_LABEL_PT, ha="center",
+                      va="center", color="0.3", gid="row_message")
             for j, cell in enumerate(r.cells[:n_columns]):
                 if isinstance(cell, DisplayTile):
                     x0, y0, w, h = _fit_box(cell.aspect, col_x[j], y, tile_w, body_h)
                     board.imshow(cell.rgb(alpha, colormap), extent=(x0, x0 + w, y0 + h, y0),
                                  origin="upper", interpolation="antialiased", aspect="auto")
+                    wrong = cell.y_true != cell.y_pred
+                    misclassified.append(wrong)
+                    if wrong:
+                        # inside the tile, so neighbouring tiles and labels are never covered
+                        inset = _ERROR_FRAME_PT / 72.0 / 2
+                        board.add_patch(Rectangle((x0 + inset, y0 + inset), w - 2 * inset, h - 2 * inset, fill=False,
+                                                  edgecolor=ERROR_COLOR, linewidth=_ERROR_FRAME_PT, gid="error_frame"))
                     if r.show_labels:
                         text = tile_label(cell.y_true, cell.y_pred, cell.confidence)
                         labels.append(text)
@@ -320,16 +359,19 @@ def draw_grid(
                         if two_line:
                             head, _, conf = text.rpartition(" \u00b7 ")
                             shown = f"{head}\n{conf}"
-                        fig.text(fx(col_x[j] + tile_w / 2), fy(y + body_h + 0.01), shown, fontsize=_LABEL_PT,
-                                 ha="center", va="top", linespacing=1.1, gid="tile_label")
+                        _text(fig, fx(col_x[j] + tile_w / 2), fy(y + body_h + 0.01), shown, fontsize=_LABEL_PT,
+                              ha="center", va="top", linespacing=1.1, color=ERROR_COLOR if wrong else "black",
+                              gid="tile_label")
                 else:
-                    fig.text(fx(col_x[j] + tile_w / 2), fy(y + body_h / 2), "\n".join(_wrap(str(cell), _LABEL_PT, tile_w)),
-                             fontsize=_LABEL_PT, ha="center", va="center", color="0.3", gid="cell_message")
+                    _text(fig, fx(col_x[j] + tile_w / 2), fy(y + body_h / 2),
+                          "\n".join(_wrap(str(cell), _LABEL_PT, tile_w)),
+                          fontsize=_LABEL_PT, ha="center", va="center", color="0.3", gid="cell_message")
             y += body_h + label_h + _GAP_IN
             n_tiles = sum(isinstance(c, DisplayTile) for c in r.cells[:n_columns])
             row_layouts.append(RowLayout(key=r.key, header=r.header, note=r.note,
                                          message=(r.message if not r.cells else ""),
-                                         labels=tuple(labels), n_tiles=n_tiles))
+                                         labels=tuple(labels), n_tiles=n_tiles,
+                                         misclassified=tuple(misclassified)))
 
         board.set_xlim(0.0, width)
         board.set_ylim(height, 0.0)
@@ -344,12 +386,13 @@ def draw_grid(
         cbar.ax.tick_params(labelsize=_LABEL_PT, pad=1.0)
         cbar.outline.set_linewidth(0.4)
         y += _BAR_IN + _TICKS_IN
-        fig.text(0.5, fy(y), "\n".join(bar_label_lines), fontsize=_LABEL_PT, ha="center", va="top",
-                 linespacing=1.1, gid="colorbar_label")
+        _text(fig, 0.5, fy(y), "\n".join(bar_label_lines), fontsize=_LABEL_PT, ha="center", va="top",
+              linespacing=1.1, gid="colorbar_label")
 
         texts = _collect_texts(fig)
     layout = FigureLayout(width_in=width, height_in=height, dpi=DPI, title=title, n_columns=n_columns,
-                          rows=tuple(row_layouts), texts=texts, colorbar_label=colorbar_label)
+                          rows=tuple(row_layouts), texts=texts, colorbar_label=colorbar_label,
+                          column_headers=tuple(column_headers or ()))
     return fig, layout
 
 

@@ -13,12 +13,15 @@ Markers that are unbalanced, repeated or out of order are an error rather
 than a guess, so hand-written text is never lost.
 
 Image paths are relative to the Markdown file's folder, as Markdown renderers
-resolve them.
+resolve them, and percent-encoded. Every text from a file or folder name is
+escaped (:func:`md_escape`); the regenerate command sits in an HTML comment
+that it cannot end (:func:`html_comment`).
 """
 
 from __future__ import annotations
 
 import os
+import urllib.parse
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,31 +29,56 @@ import jinja2
 
 from mammography.errors import ConfigError
 from mammography.report.content import ReportContent
-from mammography.report.tables import METRIC_COLUMNS, MetricTable
+from mammography.report.plaintext import one_line
+from mammography.report.tables import cv_text_table, seed_text_table
 
-__all__ = ["BEGIN_MARKER", "END_MARKER", "md_escape", "markdown_environment", "replace_marked_block",
-           "render_markdown_block", "update_markdown"]
+__all__ = ["BEGIN_MARKER", "END_MARKER", "md_escape", "md_cell", "html_comment", "md_link", "markdown_environment",
+           "replace_marked_block", "render_markdown_tables", "render_markdown_block", "update_markdown"]
 
 BEGIN_MARKER = "<!-- mammography:report-pack:begin -->"
 END_MARKER = "<!-- mammography:report-pack:end -->"
 
 
+#: characters that start Markdown (or GitHub) markup inside a line: emphasis, code, links, HTML,
+#: tables, strike-through, maths, entities and headings; each is written with a backslash
+_MD_SPECIALS = frozenset("\\`*_[]<>|~$&#")
+
+
 def md_escape(text: object) -> str:
-    """Escape characters that would break a Markdown table cell or emphasis."""
-    out = str(text)
-    for ch in ("\\", "|", "*", "_", "[", "]", "<", ">"):
-        out = out.replace(ch, "\\" + ch)
+    """``text`` as Markdown inline text that renders exactly these characters (on GitHub too).
+
+    Every character that could start markup or raw HTML is backslash-escaped
+    and line breaks become spaces, so a file or folder name can neither
+    format nor inject anything.
+    """
+    return "".join("\\" + ch if ch in _MD_SPECIALS else ch for ch in one_line(text))
+
+
+def md_cell(text: object) -> str:
+    """A table cell: :func:`md_escape`; the LaTeX tables' ``\\n`` line breaks become spaces."""
+    return md_escape(str(text).replace("\n", " "))
+
+
+def html_comment(text: object) -> str:
+    """``text`` for the inside of an HTML comment: one line, and no ``--`` that could end the comment."""
+    out = one_line(text)
+    while "--" in out:
+        out = out.replace("--", "- -")
     return out
 
 
-def _md_link(path: Path, base: Path) -> str:
-    rel = Path(os.path.relpath(path, base)).as_posix()
-    return f"<{rel}>" if any(c in rel for c in " ()") else rel
+def md_link(path: Path, base: Path) -> str:
+    """Link target of ``path`` relative to ``base``, percent-encoded (spaces, brackets, ``<`` ...)."""
+    return urllib.parse.quote(Path(os.path.relpath(path, base)).as_posix(), safe="/")
 
 
 @lru_cache(maxsize=1)
 def markdown_environment() -> jinja2.Environment:
-    """Jinja2 environment for the Markdown templates (strict undefined, ``md`` escape filter)."""
+    """Jinja2 environment for the Markdown templates (strict undefined).
+
+    Filters: ``md`` (:func:`md_escape`), ``mdcell`` (:func:`md_cell`) and
+    ``htmlcomment`` (:func:`html_comment`).
+    """
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("mammography.report", "templates"),
         trim_blocks=True,
@@ -60,19 +88,14 @@ def markdown_environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["md"] = md_escape
+    env.filters["mdcell"] = md_cell
+    env.filters["htmlcomment"] = html_comment
     return env
 
 
-def _table(table: MetricTable, first: str) -> list[str]:
-    headers = {k: md for k, _, md in METRIC_COLUMNS}
-    lines = [
-        "| " + " | ".join([first] + [headers[k] for k in table.keys]) + " |",
-        "|" + "---|" + "---:|" * len(table.keys),
-    ]
-    for i, label in enumerate(table.row_labels):
-        lines.append("| " + " | ".join([md_escape(label)] + [table.cell(i, j) for j in range(len(table.keys))]) + " |")
-    lines.append("| " + " | ".join(["**mean ± sd**"] + [table.summary(j) for j in range(len(table.keys))]) + " |")
-    return lines
+def render_markdown_tables(tables) -> str:
+    """:class:`~mammography.report.tables.TextTable` records as Markdown (the file analyze writes)."""
+    return markdown_environment().get_template("analysis_tables.md.j2").render(tables_=tables)
 
 
 def render_markdown_block(content: ReportContent, markdown_path: str | Path) -> str:
@@ -80,20 +103,21 @@ def render_markdown_block(content: ReportContent, markdown_path: str | Path) -> 
     base = Path(os.path.abspath(markdown_path)).parent
 
     def fig(ref):
-        return None if ref is None else {"path": _md_link(ref.path, base), "alt": ref.alt, "caption": ref.caption}
+        return None if ref is None else {"path": md_link(ref.path, base), "alt": ref.alt, "caption": ref.caption}
 
     seeds = [{"seed": s.seed, "run_id": s.run_id, "figure": fig(s.figure), "layer_figure": fig(s.layer_figure)}
              for s in content.seeds]
-    cvs = [{"cv_id": c.cv_id, "seed": c.seed, "k": c.k, "table": _table(c.table, "Fold"),
-            "figures": [fig(f) for f in c.figures], "caption": c.caption} for c in content.cvs]
-    seed_table = _table(content.seed_table, "Seed") if content.seed_table is not None else None
+    cvs = [{"figures": [fig(f) for f in c.figures],
+            "table": cv_text_table(c.table, cv_id=c.cv_id, k=c.k, seed=c.seed, label=c.table_label,
+                                   description=c.caption)}
+           for c in content.cvs]
+    seed_table = seed_text_table(content.seed_table) if content.seed_table is not None else None
     attention = None
     if content.attention is not None:
         a = content.attention
-        attention = {"sentences": a.sentences, "tables": a.markdown_tables, "figures": [fig(f) for f in a.figures]}
+        attention = {"sentences": a.sentences, "tables": a.tables, "figures": [fig(f) for f in a.figures]}
     body = markdown_environment().get_template("density_block.md.j2").render(
         content=content, seeds=seeds, cvs=cvs, seed_table=seed_table, attention=attention,
-        seed_stored=content.seed_table is not None and not all(content.seed_table.counted),
     )
     return f"{BEGIN_MARKER}\n{body.strip()}\n{END_MARKER}\n"
 

@@ -38,7 +38,8 @@ Outputs (``assets`` = ``assets_dir``)::
     assets/density_gradcam_seed{SEED}.png           class grid per seed run
     assets/density_gradcam_layers_seed{SEED}.png    layer-wise figure per seed run
     assets/gradcam/seed{SEED}/class{L}_{R}_{stem}.png   per-sample overlays
-    assets/{CV_ID}/fold_{K}_gradcam.png             class grid per fold
+    assets/{CV_ID}/fold_{K}_gradcam.png             class grid per fold (CV_ID: the CV folder's name,
+                                                    other characters than letters, digits, '._-' as '-')
     assets/density_gradcam_consistency.png, consistency.csv, consistency_summary.json,
     assets/density_gradcam_spurious_seed{SEED}.png, assets/attention/seed{SEED}/...
                                                     the attention analysis (:mod:`mammography.report.attention`)
@@ -67,14 +68,17 @@ from mammography.analysis.selection import ClassSelection, describe_strategy, se
 from mammography.atomic import FileBatch, OutputLock
 from mammography.errors import ConfigError, RunError
 from mammography.limits import MAX_BATCH_SIZE, check_int
+from mammography.report.captions import grid_marks_text, patient_groups
 from mammography.report.content import CVEntry, FigureRef, ReportContent, SeedEntry
-from mammography.report.figures import COLUMN_WIDTH_IN, FigureLayout, GridRow, class_grid_figure, figure_png_bytes
-from mammography.report.figures import layer_grid_figure
-from mammography.report.latex import default_article_dir, render_latex
+from mammography.report.figures import COLUMN_WIDTH_IN, ERROR_LEGEND, FigureLayout, GridRow, class_grid_figure
+from mammography.report.figures import figure_png_bytes, layer_grid_figure
+from mammography.report.latex import default_article_dir, graphics_path, render_latex
 from mammography.report.markdown import render_markdown_block, update_markdown
 from mammography.report.overlay import DisplayTile, get_colormap, png_bytes
 from mammography.report.tables import metric_table
+from mammography.report.texlayout import check_layout
 from mammography.runs import DEFAULT_PROB_TOLERANCE, PredictionCheck, metrics_differ
+from mammography.training.metrics import degenerate_warnings
 
 __all__ = [
     "DEFAULT_ASSETS_DIR",
@@ -153,6 +157,9 @@ class ReportOptions:
         predictions have no ``roi_path`` (localisation).
     faithfulness : also run deletion/insertion and the randomisation sanity
         check on ``faithfulness_images`` images per run.
+    layout : how the LaTeX places wide figures and tables: ``auto`` (the
+        article's column mode, detected when it is compiled), ``onecolumn``
+        or ``twocolumn`` (:mod:`mammography.report.texlayout`).
     """
 
     assets_dir: Path = DEFAULT_ASSETS_DIR
@@ -178,6 +185,7 @@ class ReportOptions:
     manifest: Path | None = None
     faithfulness: bool = False
     faithfulness_images: int = 16
+    layout: str = "auto"
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values that cannot work (before any model is loaded)."""
@@ -210,6 +218,14 @@ class ReportOptions:
             raise ConfigError("--no-analysis turns the attention analysis off; drop --faithfulness, --roi-dir and "
                               "--manifest, or drop --no-analysis")
         get_colormap(self.colormap)
+        check_layout(self.layout)
+        # figure paths in the .tex must be readable by TeX: check the folders before any work
+        graphics_path(Path(os.path.abspath(self.assets_dir)) / "figure.png", self.resolved_article_dir())
+
+    def resolved_article_dir(self) -> Path:
+        """The folder the article is compiled from (``article_dir``, else derived from ``tex``)."""
+        return (Path(os.path.abspath(self.article_dir)) if self.article_dir is not None
+                else default_article_dir(self.tex))
 
     def parameters(self) -> dict:
         """JSON-ready parameters for the manifest."""
@@ -231,6 +247,7 @@ class ReportOptions:
             "manifest": None if self.manifest is None else Path(self.manifest).as_posix(),
             "faithfulness": self.faithfulness,
             "faithfulness_images": self.faithfulness_images,
+            "layout": self.layout,
         }
 
 
@@ -298,6 +315,7 @@ class ReportResult:
     attention_summary : the attention analysis's summary sentences (empty without it).
     attention_seconds : wall time of the attention analysis (its figures and tables included).
     warnings : one line per run whose output does not depend on the image (collapsed predictions).
+    content : what the LaTeX section and the Markdown block show (figures, captions, tables).
     """
 
     written: tuple[Path, ...]
@@ -311,6 +329,7 @@ class ReportResult:
     attention_summary: tuple[str, ...] = ()
     attention_seconds: float = 0.0
     warnings: tuple[str, ...] = ()
+    content: ReportContent | None = None
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -429,7 +448,8 @@ def _downsample(pixels: np.ndarray, max_side: int) -> np.ndarray:
 def _select(ev: EvaluatedRun, options: ReportOptions) -> dict[int, ClassSelection]:
     seed = ev.run.seed if ev.run.seed is not None else 0
     return select_per_class(ev.y_true, ev.y_pred, ev.probs, ev.run.predictions["image_path"].astype(str),
-                            per_class=options.per_class, strategy=options.select, seed=seed, classes=CLASSES)
+                            per_class=options.per_class, strategy=options.select, seed=seed, classes=CLASSES,
+                            groups=patient_groups(ev.run.predictions))
 
 
 def _short_hash(run) -> str:
@@ -491,7 +511,9 @@ def _grid_caption(ev: EvaluatedRun, selection, options: ReportOptions, what: str
         f"{_shortfall_text(selection)}"
         f"Each tile shows the whole mammogram in its original orientation with the ground truth (GT), the "
         f"prediction (Pred) and its probability. Colour scale: {options.colormap}, attention normalised per "
-        f"image from 0 (lowest) to 1 (highest). {_crop_text(ev)}{_disagreement_text(ev.check)}"
+        f"image from 0 (lowest) to 1 (highest). {grid_marks_text(selection, ev.y_true, ev.y_pred)}"
+        f"{_crop_text(ev)}{_disagreement_text(ev.check)}"
+        + "".join(f"Warning: {w}. " for w in degenerate_warnings(ev.y_true, ev.y_pred))
     ).strip()
 
 
@@ -539,6 +561,11 @@ def _layer_rows(ev: EvaluatedRun, selection, options: ReportOptions,
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "run"
+
+
+def _folder_slug(name: str) -> str:
+    """``name`` with every run of characters other than letters, digits, ``. _ -`` as one ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "cv"
 
 
 def _file_stem(path: str) -> str:
@@ -758,6 +785,9 @@ def _report_pack(runs, cv_runs, options: ReportOptions, command: str, outputs_ro
     warnings = _collapse_warnings(evaluated + [f for _, folds in cv_evaluated for f in folds])
     for line in warnings:
         log.warning("%s", line)
+    for ev in evaluated + [f for _, folds in cv_evaluated for f in folds]:
+        for warning in degenerate_warnings(ev.y_true, ev.y_pred, what=f"{ev.run.run_id}'s model"):
+            log.warning("%s", warning)
     bad = [c for c in checks if c.n_disagree]
     if bad and options.strict:
         raise RunError(
@@ -788,8 +818,8 @@ def _report_pack(runs, cv_runs, options: ReportOptions, command: str, outputs_ro
     )
     tex_path = Path(os.path.abspath(options.tex))
     md_path = Path(os.path.abspath(options.markdown))
-    article_dir = Path(options.article_dir) if options.article_dir is not None else default_article_dir(tex_path)
-    pack.add(tex_path, render_latex(content, article_dir), "latex")
+    article_dir = options.resolved_article_dir()
+    pack.add(tex_path, render_latex(content, article_dir, options.layout), "latex")
     pack.add(md_path, update_markdown(md_path, render_markdown_block(content, md_path)), "markdown")
 
     manifest = {
@@ -817,7 +847,7 @@ def _report_pack(runs, cv_runs, options: ReportOptions, command: str, outputs_ro
     return ReportResult(written=tuple(written), assets_dir=assets_dir, tex=tex_path, markdown=md_path,
                         manifest=manifest_path, checks=tuple(checks), layouts=pack.layouts, selections=selections,
                         attention_summary=attention.sentences if attention is not None else (),
-                        attention_seconds=attention_seconds, warnings=tuple(warnings))
+                        attention_seconds=attention_seconds, warnings=tuple(warnings), content=content)
 
 
 def _collapse_warnings(evaluated) -> list[str]:
@@ -898,6 +928,7 @@ def _seed_outputs(pack: _Pack, ev: EvaluatedRun, selections: dict) -> SeedEntry:
         f"per-layer maps normalised to 0-1). Columns: one validation image per true density class, the first "
         f"image of that class in the seed-{run.seed} class figure; annotations under the last row. "
         f"Colour scale: {options.colormap}, 0 (lowest) to 1 (highest attention)."
+        + (f" Marks: {ERROR_LEGEND}." if layer_layout.n_misclassified else "")
     )
     layer_figure = _figure_ref(layer_path, layer_layout, f"fig:density-gradcam-layers-seed{run.seed}",
                                layer_caption, f"Grad-CAM at several depths, seed {run.seed}")
@@ -916,7 +947,8 @@ def _cv_outputs(pack: _Pack, cv, folds: list[EvaluatedRun], selections: dict) ->
         selections[ev.run.run_id] = selection
         rows, _ = _grid_rows(ev, selection, pack.images)
         number = ev.run.fold if ev.run.fold is not None else len(figures) + 1
-        path = pack.assets_dir / cv_id / f"fold_{number}_gradcam.png"
+        # the folder name reaches \includegraphics: a slug, never the raw folder name
+        path = pack.assets_dir / _folder_slug(cv_id) / f"fold_{number}_gradcam.png"
         layout = pack.figure(path, class_grid_figure(rows, title=_grid_title(ev.run, options, ev.layer),
                                                      n_columns=options.per_class, colormap=options.colormap,
                                                      alpha=options.alpha),
@@ -985,7 +1017,8 @@ def command_line(runs=(), cv_runs=(), options: ReportOptions | None = None) -> s
     # the outputs are always named, so the command says where it writes
     argv += ["--assets-dir", str(options.assets_dir), "--tex", str(options.tex), "--markdown", str(options.markdown)]
     flags = [("article_dir", "--article-dir"), ("per_class", "--per-class"), ("select", "--select"),
-             ("method", "--method"), ("colormap", "--colormap"), ("alpha", "--alpha"), ("fuse", "--fuse")]
+             ("method", "--method"), ("colormap", "--colormap"), ("alpha", "--alpha"), ("fuse", "--fuse"),
+             ("layout", "--layout")]
     for name, flag in flags:
         value = getattr(options, name)
         if value is not None and str(value) != str(getattr(default, name)):

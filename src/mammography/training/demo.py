@@ -76,6 +76,7 @@ def train_demo_runs(
     cache_dir: str | Path | None = None,
     use_manifest_split: bool | None = None,
     progress: bool = True,
+    on_epoch=None,
 ) -> list[Path]:
     """Train one ``--save-best`` run per seed; return their run directories in seed order.
 
@@ -91,6 +92,7 @@ def train_demo_runs(
         the manifest has one (the phantom manifest does). Otherwise one patient
         split drawn with the first seed is shared by all seeds.
     progress : tqdm progress bars.
+    on_epoch : called as ``on_epoch(run_index, seed, epoch, epochs)`` after each epoch of each seed.
 
     Returns
     -------
@@ -104,7 +106,7 @@ def train_demo_runs(
     if use_manifest_split is None:
         use_manifest_split = "split" in pd.read_csv(manifest, nrows=0).columns
     runs = []
-    for seed in seeds:
+    for index, seed in enumerate(seeds):
         config = TrainConfig(
             csv=manifest,
             outdir=Path(outdir),
@@ -120,6 +122,8 @@ def train_demo_runs(
             split_seed=seeds[0],
             progress=progress,
             command_line=f"train_demo_runs({manifest}, seed={seed})",
+            on_epoch=None if on_epoch is None else (
+                lambda epoch, epochs, index=index, seed=seed: on_epoch(index, seed, epoch, epochs)),
         )
         run_dir = train_density(config)
         log.info("demo run seed %d -> %s", seed, run_dir)

@@ -41,7 +41,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["COLLAPSE_STD", "LABELS", "SCALAR_METRICS", "compute_metrics", "auc_ovr_present", "prediction_collapse"]
+__all__ = ["COLLAPSE_STD", "LABELS", "SCALAR_METRICS", "METRIC_RANGES", "compute_metrics", "auc_ovr_present",
+           "degenerate_warnings", "prediction_collapse"]
 
 #: a model whose validation probabilities vary less than this across images (largest per-class standard
 #: deviation) gives every image the same output: its heatmaps carry no information about the images
@@ -51,6 +52,16 @@ COLLAPSE_STD = 1e-3
 LABELS: tuple[int, ...] = (1, 2, 3, 4)
 #: scalar metric keys, in the order tables show them
 SCALAR_METRICS: tuple[str, ...] = ("acc", "kappa_quadratic", "macro_f1", "auc_ovr", "bal_acc", "bal_acc_adj")
+#: the values each scalar metric can take (confidence intervals are clipped to them); the chance-adjusted
+#: balanced accuracy reaches -1/(k-1) for k classes present, so -1 with two
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "acc": (0.0, 1.0),
+    "kappa_quadratic": (-1.0, 1.0),
+    "macro_f1": (0.0, 1.0),
+    "auc_ovr": (0.0, 1.0),
+    "bal_acc": (0.0, 1.0),
+    "bal_acc_adj": (-1.0, 1.0),
+}
 
 
 def _finite_or_none(value) -> float | None:
@@ -170,3 +181,25 @@ def prediction_collapse(probs, threshold: float = COLLAPSE_STD) -> str | None:
         f"per-class standard deviation of its probabilities is {spread:.1e} (below {threshold:g}), so it predicts the "
         "same for every image and its heatmaps carry no information"
     )
+
+
+def degenerate_warnings(y_true, y_pred, what: str = "the model") -> list[str]:
+    """Why a set of predictions says little, as sentences (empty when nothing is wrong).
+
+    * every image predicted as one class: the model ignores the image, and
+      its accuracy is just that class's share of the images;
+    * every image of one true class: kappa, AUC and balanced accuracy are
+      undefined or meaningless.
+    """
+    y_true = np.asarray(y_true, dtype=int)
+    y_pred = np.asarray(y_pred, dtype=int)
+    out = []
+    if len(y_pred) and len(np.unique(y_pred)) == 1:
+        k = int(y_pred[0])
+        share = float(np.mean(y_true == k)) if len(y_true) == len(y_pred) else math.nan
+        out.append(f"{what} predicts class {k} for all {len(y_pred)} validation images: it ignores the image, and "
+                   f"its accuracy ({share:.2f}) is only that class's share of the images")
+    if len(y_true) and len(np.unique(y_true)) == 1:
+        out.append(f"all {len(y_true)} validation images are of class {int(y_true[0])}: kappa, AUC and balanced "
+                   "accuracy are undefined or meaningless; validate on several classes")
+    return out

@@ -38,7 +38,8 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -55,7 +56,7 @@ from mammography.data.splits import check_no_patient_overlap, patient_grouping, 
 from mammography.errors import ConfigError, ManifestError
 from mammography.limits import MAX_BATCH_SIZE, check_float, check_img_size, check_int
 from mammography.models import build_density_model
-from mammography.training.metrics import LABELS, compute_metrics, prediction_collapse
+from mammography.training.metrics import LABELS, compute_metrics, degenerate_warnings, prediction_collapse
 from mammography.training.reproducibility import collect_reproducibility, seed_worker, seeded
 from mammography.training.rundir import (
     RUN_FILES,
@@ -107,6 +108,8 @@ class TrainConfig:
     class_weighted : weight the loss by inverse class frequency.
     progress : show a tqdm progress bar per epoch.
     command_line : recorded in ``summary.json``; default ``sys.argv``.
+    on_epoch : called as ``on_epoch(epoch, epochs)`` after each epoch (overall
+        progress of a longer job, e.g. the demo); not recorded.
     """
 
     csv: Path
@@ -132,6 +135,7 @@ class TrainConfig:
     class_weighted: bool = True
     progress: bool = True
     command_line: str | list[str] | None = field(default=None, repr=False)
+    on_epoch: Callable[[int, int], None] | None = field(default=None, repr=False, compare=False)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values that cannot work."""
@@ -413,6 +417,8 @@ def _fit(config: TrainConfig, device: torch.device, train_set, val_set, val_rows
                 epoch, config.epochs, train_loss, val_loss, metrics["acc"], BEST_METRIC,
                 _fmt(metrics[BEST_METRIC]), "  (best)" if improved else "",
             )
+            if config.on_epoch is not None:
+                config.on_epoch(epoch, config.epochs)
     return history, selector
 
 
@@ -478,6 +484,9 @@ def train_on_split(
     )
     summary["collapse"] = collapse
     summary.update(extra_summary or {})
+    summary["warnings"] = degenerate_warnings(saved.predictions["y_true"], saved.predictions["y_pred"])
+    for warning in summary["warnings"]:
+        log.warning("%s: %s", run_dir, warning)
     # summary.json last: its presence marks a complete run directory
     write_json(run_dir / RUN_FILES["summary"], summary)
     return run_dir
@@ -498,9 +507,9 @@ def _summary(config, *, device, created_at, train_rows, val_rows, weights, mean,
         return {str(label): int(counts.get(label, 0)) for label in LABELS}
 
     hyper = {
-        key: (str(value) if isinstance(value, Path) else value)
-        for key, value in asdict(config).items()
-        if key not in ("csv", "outdir", "dicom_root", "command_line", "progress", "cache_dir")
+        f.name: (str(getattr(config, f.name)) if isinstance(getattr(config, f.name), Path) else getattr(config, f.name))
+        for f in fields(config)
+        if f.name not in ("csv", "outdir", "dicom_root", "command_line", "progress", "cache_dir", "on_epoch")
     }
     return {
         "seed": int(config.seed),
