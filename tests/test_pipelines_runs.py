@@ -140,6 +140,11 @@ def test_relative_paths_resolve_against_run_cwd_and_recorded_cwd(tmp_path, monke
     assert "\n" not in message
 
 
+def test_an_earlier_outdir_stands_for_its_results_folder(workdir):
+    run = load_run("outputs/seed42")  # what the earlier project's --outdir was
+    assert run.path == (workdir / "outputs/seed42/results").absolute() and run.run_id == "seed42/results"
+
+
 def test_cross_validation_layout_is_read_and_rebuilt(workdir):
     cv = load_cv_run("outputs/cv")
     assert cv.writer == PIPELINES_WRITER and cv.k == 2 and cv.seed == 42

@@ -812,7 +812,8 @@ def load_run(path: str | Path) -> Run:
     ----------
     path : str or Path
         The run directory; a cross-validation fold may be given as
-        ``.../fold_1`` (its ``results/`` is used) or ``.../fold_1/results``.
+        ``.../fold_1`` (its ``results/`` is used) or ``.../fold_1/results``,
+        and an earlier-project training's ``--outdir`` (its ``results/``).
 
     Returns
     -------
@@ -836,6 +837,9 @@ def load_run(path: str | Path) -> Run:
         )
     if _fold_number(run_dir) is not None:
         run_dir = _fold_run_dir(run_dir)
+    elif _is_outdir(run_dir):
+        # the earlier project's --outdir: its run is always written to <outdir>/results
+        run_dir = run_dir / "results"
     context = _fold_context(run_dir)
 
     checkpoint = _find_checkpoint(run_dir)
@@ -876,6 +880,12 @@ def load_run(path: str | Path) -> Run:
     if writer == PIPELINES_WRITER:
         run.notes.extend(_resume_notes(run))
     return run
+
+
+def _is_outdir(folder: Path) -> bool:
+    """A training --outdir rather than a run: no weights of its own, a run in ``results/``."""
+    return (not any((folder / name).is_file() for name in CHECKPOINT_NAMES)
+            and any((folder / "results" / name).is_file() for name in CHECKPOINT_NAMES))
 
 
 def _run_id(run_dir: Path) -> str:

@@ -153,7 +153,7 @@ def _explain(batch: FileBatch, run, layers, method, target_dir: Path, **sweep_op
     np.savez_compressed(buffer, **maps.arrays())
     batch.add(npz_path, buffer.getvalue())
     batch.add(csv_path, csv_bytes(prediction_table(run, maps, check)))
-    (log.warning if check.n_disagree else log.info)("%s", check.message())
+    (log.warning if check.n_disagree else log.debug)("%s", check.message())
     return ExplainOutput(
         run_id=run.run_id,
         npz_path=npz_path,

@@ -781,7 +781,7 @@ def _report_pack(runs, cv_runs, options: ReportOptions, command: str, outputs_ro
     cv_evaluated = [(cv, [evaluate_run(fold, options, device) for fold in cv.folds]) for cv in cvs]
     checks = [ev.check for ev in evaluated] + [ev.check for _, folds in cv_evaluated for ev in folds]
     for check in checks:
-        (log.warning if check.n_disagree else log.info)("%s", check.message())
+        (log.warning if check.n_disagree else log.debug)("%s", check.message())
     warnings = _collapse_warnings(evaluated + [f for _, folds in cv_evaluated for f in folds])
     for line in warnings:
         log.warning("%s", line)
