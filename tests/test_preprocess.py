@@ -182,3 +182,26 @@ def test_record_round_trip_and_checks():
 def test_geometry_round_trips_through_dict():
     g = compute_crop_geometry((300, 250), 64)
     assert Geometry.from_dict(g.to_dict()) == g
+
+
+def test_memory_cache_thumbnail_is_reproduced(tmp_path):
+    """Rasters the earlier project served from its in-memory cache were shrunk to a thumbnail first."""
+    from mammography.io.pipelines import memory_cache_used
+
+    rng = np.random.default_rng(4)
+    grey = (rng.random((300, 220)) * 255).astype(np.uint8)
+    path = tmp_path / "exam.png"
+    Image.fromarray(grey).save(path)
+    prep = Preprocessing.pipelines_crop(64, thumbnail=True)
+    # the earlier chain: PIL RGB, thumbnail((S, S), BICUBIC), tensor resize of the shorter side, crop
+    pil = Image.open(path).convert("RGB")
+    pil.thumbnail((64, 64), Image.BICUBIC)
+    expected = _reference_tensor(np.asarray(pil), 64, prep.mean, prep.std)
+    assert torch.equal(prep.to_tensor(prep.prepare(path)), expected)
+    assert not torch.equal(Preprocessing.pipelines_crop(64).to_tensor(Preprocessing.pipelines_crop(64).prepare(path)),
+                           expected)
+    # when that cache was on: its 'auto' picked it for <= 1000 images none of which is DICOM
+    pngs = [f"img_{i}.png" for i in range(12)]
+    assert memory_cache_used("auto", pngs) and memory_cache_used("memory", ["a.dcm"])
+    assert not memory_cache_used("auto", pngs + ["x.DCM"]) and not memory_cache_used("auto", pngs * 100)
+    assert not memory_cache_used("disk", pngs) and not memory_cache_used(None, pngs)

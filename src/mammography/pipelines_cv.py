@@ -188,11 +188,14 @@ def _fold_run(root: Path, fold_dir: Path, number: int, rows: pd.DataFrame, confi
     img_size = _int_value(config.get("img_size"))
     if img_size is None:
         raise RunError(f"{source} records no img_size; the fold's model input size must be known")
+    from mammography.io.pipelines import memory_cache_used
+
     preprocessing = Preprocessing.pipelines_crop(
         img_size,
         _as_triple(config.get("mean"), IMAGENET_MEAN, "mean", source),
         _as_triple(config.get("std"), IMAGENET_STD, "std", source),
         source="earlier mammography-pipelines cross-validation (cv_summary.json has no preprocess record)",
+        thumbnail=memory_cache_used(config.get("cache_mode"), rows["image_path"]),
     )
     predictions = pd.DataFrame({"image_path": rows["image_path"].astype(str), "y_true": rows["density_label"].astype(int)})
     for column in ("accession", "patient_id", "view", "laterality"):

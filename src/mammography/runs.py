@@ -868,7 +868,7 @@ def load_run(path: str | Path) -> Run:
         predictions=predictions,
         probabilities=probabilities,
         metrics=normalise_metrics(metrics_raw, predictions["y_true"].to_numpy()),
-        preprocessing=_preprocessing(summary, summary_path, writer, run_dir),
+        preprocessing=_preprocessing(summary, summary_path, writer, run_dir, predictions["image_path"]),
         summary=summary,
         fold=fold,
         metrics_raw=metrics_raw,
@@ -900,8 +900,10 @@ def _writer(summary: dict) -> str:
     return OUR_WRITER if isinstance(summary.get("preprocess"), dict) else PIPELINES_WRITER
 
 
-def _preprocessing(summary: dict, source: Path, writer: str, run_dir: Path) -> Preprocessing:
+def _preprocessing(summary: dict, source: Path, writer: str, run_dir: Path, image_paths=()) -> Preprocessing:
     """The run's one preprocessing record (see :mod:`mammography.data.preprocess`)."""
+    from mammography.io.pipelines import memory_cache_used
+
     img_size = _img_size(summary, source)
     mean = _as_triple(summary.get("mean"), IMAGENET_MEAN, "mean", source)
     std = _as_triple(summary.get("std"), IMAGENET_STD, "std", source)
@@ -914,8 +916,12 @@ def _preprocessing(summary: dict, source: Path, writer: str, run_dir: Path) -> P
             evidence.append("has a reproducibility block")
         if (run_dir / "best_model.pt").is_file():
             evidence.append("best_model.pt")
+        thumbnail = memory_cache_used(summary.get("cache_mode"), image_paths)
+        if thumbnail:
+            evidence.append(f"cache_mode {summary.get('cache_mode')!r} shrank images to thumbnails first")
         return Preprocessing.pipelines_crop(
-            img_size, mean, std, source="earlier mammography-pipelines run (" + ", ".join(evidence) + ")")
+            img_size, mean, std, thumbnail=thumbnail,
+            source="earlier mammography-pipelines run (" + ", ".join(evidence) + ")")
     except ConfigError as exc:
         raise RunError(f"{source}: {exc}") from None
 

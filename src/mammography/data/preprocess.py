@@ -142,6 +142,9 @@ class Preprocessing:
         statistics by default).
     normalise_laterality : mirror right breasts (fit-pad only).
     version : :data:`PREPROCESS_VERSION` of the fit-pad rule the run used.
+    thumbnail : pipelines-crop only: the earlier project's in-memory cache
+        shrank each image to a ``img_size`` thumbnail first
+        (:func:`mammography.io.pipelines.memory_cache_used`).
     source : where the record came from (for messages; not compared).
     """
 
@@ -151,6 +154,7 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     normalise_laterality: bool = False
     version: str = PREPROCESS_VERSION
+    thumbnail: bool = False
     source: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -163,6 +167,8 @@ class Preprocessing:
         object.__setattr__(self, "normalise_laterality", bool(self.normalise_laterality))
         if self.pipeline == PIPELINES_CROP and self.normalise_laterality:
             raise ConfigError("the earlier project's pipeline never mirrored images; normalise_laterality must be False")
+        if self.pipeline == FIT_PAD and self.thumbnail:
+            raise ConfigError("thumbnail belongs to the earlier project's pipeline only")
         if self.pipeline == FIT_PAD and self.version not in _VERSION_RULES:
             raise ConfigError(f"preprocessing version {self.version!r} is newer than this mammography knows "
                               f"({', '.join(_VERSION_RULES)}); update mammography to use this run")
@@ -175,10 +181,11 @@ class Preprocessing:
                    normalise_laterality, source="train-density")
 
     @classmethod
-    def pipelines_crop(cls, img_size: int, mean=None, std=None, source: str = "") -> "Preprocessing":
+    def pipelines_crop(cls, img_size: int, mean=None, std=None, source: str = "",
+                       thumbnail: bool = False) -> "Preprocessing":
         """The earlier ``mammography-pipelines`` project's rule."""
         return cls(PIPELINES_CROP, img_size, IMAGENET_MEAN if mean is None else mean,
-                   IMAGENET_STD if std is None else std, False, source=source)
+                   IMAGENET_STD if std is None else std, False, thumbnail=thumbnail, source=source)
 
     # -- record -----------------------------------------------------------------
     def to_record(self) -> dict:
@@ -190,6 +197,7 @@ class Preprocessing:
             "std": list(self.std),
             "normalise_laterality": self.normalise_laterality,
             "version": self.version,
+            "thumbnail": self.thumbnail,
             "quantisation": np.dtype(_QUANT[self.pipeline]).name,
             "description": _DESCRIPTIONS[self.pipeline],
         }
@@ -212,19 +220,22 @@ class Preprocessing:
             std=_or_default(record.get("std", std), IMAGENET_STD),
             normalise_laterality=bool(record.get("normalise_laterality", False)),
             version=str(record.get("version", PREPROCESS_VERSION)),
+            thumbnail=bool(record.get("thumbnail", False)),
             source=source,
         )
 
     def describe(self) -> str:
         """One line for logs and captions."""
         flip = ", right breasts mirrored" if self.normalise_laterality else ""
-        return f"{self.pipeline} at {self.img_size} px ({_DESCRIPTIONS[self.pipeline]}{flip})"
+        thumb = ", shrunk to a thumbnail first (in-memory cache)" if self.thumbnail else ""
+        return f"{self.pipeline} at {self.img_size} px ({_DESCRIPTIONS[self.pipeline]}{flip}{thumb})"
 
     def cache_key(self, laterality: str | None = None) -> str:
         """Everything that decides the (unnormalised) square, for the decoded-image cache."""
         hint = f";lat={laterality}" if laterality and self.normalise_laterality and self._rules()["hints"] else ""
+        thumb = ";thumb=1" if self.thumbnail else ""
         return (f"pipe={self.pipeline};size={self.img_size};flip={int(self.normalise_laterality)};"
-                f"prep={self.version};pkg={__version__}{hint}")
+                f"prep={self.version};pkg={__version__}{thumb}{hint}")
 
     # -- the input ----------------------------------------------------------------
     def _rules(self) -> dict:
@@ -255,7 +266,8 @@ class Preprocessing:
             from mammography.io.pipelines import read_pipelines_image
             from mammography.io.prepare import prepare_pipelines_input
 
-            square, geometry = prepare_pipelines_input(read_pipelines_image(path), self.img_size)
+            image = read_pipelines_image(path, thumbnail_to=self.img_size if self.thumbnail else None)
+            square, geometry = prepare_pipelines_input(image, self.img_size)
             return self.dequantise(self.quantise(square), geometry)
         from mammography.io import prepare_input, read_mammogram, with_orientation
 

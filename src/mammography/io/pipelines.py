@@ -20,6 +20,12 @@ The rule, as that project's code applies it (DICOM):
 PNG / JPEG / TIFF files are converted by Pillow to 8-bit RGB as they are.
 No VOI LUT or Window Center / Width is used, and no laterality flip.
 
+One more step applied where that project's in-memory image cache was on
+(its ``cache_mode`` ``memory``, which its ``auto`` chose for a set of at
+most 1000 images none of which is a DICOM file): the RGB image was shrunk
+with Pillow's ``thumbnail((size, size), BICUBIC)`` before anything else
+(``thumbnail_to`` here).
+
 The placement into the model square (shorter side resized to the model size
 with torchvision's bicubic filter on the uint8 image, without antialiasing,
 then a centre crop, then ``to_dtype`` scaling to [0, 1]) is
@@ -36,18 +42,41 @@ from PIL import Image, UnidentifiedImageError
 from mammography.errors import ImageReadError
 from mammography.io.mammogram import check_dimensions, sniff_format
 
-__all__ = ["PIPELINES_PERCENTILES", "read_pipelines_image"]
+__all__ = ["MEMORY_CACHE_MAX", "PIPELINES_DICOM_SUFFIXES", "PIPELINES_PERCENTILES", "memory_cache_used",
+           "read_pipelines_image"]
 
 #: the earlier project's robust window (percent)
 PIPELINES_PERCENTILES = (0.5, 99.5)
+#: the file name endings the earlier project took for DICOM files
+PIPELINES_DICOM_SUFFIXES = (".dcm", ".dicom")
+#: its ``cache_mode auto`` used the in-memory cache for at most this many images with no DICOM among them
+MEMORY_CACHE_MAX = 1000
 
 
-def read_pipelines_image(path: str | Path) -> np.ndarray:
+def memory_cache_used(cache_mode, image_paths) -> bool:
+    """Whether the earlier project shrank these images with its in-memory cache (module docstring).
+
+    ``cache_mode`` as recorded (``summary.json`` / ``cv_summary.json``; None
+    = its default ``none``); ``image_paths`` the set the cache served (a
+    run's validation images).
+    """
+    mode = str(cache_mode or "none").strip().lower()
+    if mode == "auto":
+        paths = [str(p) for p in image_paths]
+        has_dicom = any(p.lower().endswith(PIPELINES_DICOM_SUFFIXES) for p in paths)
+        return bool(paths) and not has_dicom and len(paths) <= MEMORY_CACHE_MAX
+    return mode == "memory"
+
+
+def read_pipelines_image(path: str | Path, thumbnail_to: int | None = None) -> np.ndarray:
     """Read an image file as the earlier project did: uint8, dense tissue bright.
 
     Parameters
     ----------
     path : a DICOM, PNG, JPEG or TIFF file.
+    thumbnail_to : shrink the RGB image with ``Image.thumbnail((n, n),
+        BICUBIC)`` when its longer side exceeds ``n`` (the in-memory cache's
+        step, module docstring); None: never.
 
     Returns
     -------
@@ -66,10 +95,20 @@ def read_pipelines_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"{path}: {what}; check the image path")
     fmt = sniff_format(path)
     if fmt == "dicom":
-        return _dicom_uint8(path)
-    if fmt in ("png", "jpeg", "tiff"):
-        return _raster_rgb(path)
-    raise ImageReadError(f"{path}: not a DICOM, PNG, JPEG or TIFF file (unrecognised content)")
+        image = _dicom_uint8(path)
+    elif fmt in ("png", "jpeg", "tiff"):
+        image = _raster_rgb(path)
+    else:
+        raise ImageReadError(f"{path}: not a DICOM, PNG, JPEG or TIFF file (unrecognised content)")
+    return _thumbnail(image, thumbnail_to) if thumbnail_to else image
+
+
+def _thumbnail(image: np.ndarray, size: int) -> np.ndarray:
+    """Pillow's thumbnail of the RGB image, as the earlier project's memory cache made it."""
+    rgb = Image.merge("RGB", [Image.fromarray(image)] * 3) if image.ndim == 2 else Image.fromarray(image, "RGB")
+    if max(rgb.size) > size:
+        rgb.thumbnail((size, size), Image.BICUBIC)
+    return _single_channel_if_grey(np.asarray(rgb))
 
 
 def _dicom_uint8(path: Path) -> np.ndarray:
@@ -113,6 +152,10 @@ def _raster_rgb(path: Path) -> np.ndarray:
         raise ImageReadError(
             f"{path}: cannot decode the image ({' '.join(str(exc).split())}); export it again"
         ) from None
+    return _single_channel_if_grey(rgb)
+
+
+def _single_channel_if_grey(rgb: np.ndarray) -> np.ndarray:
     if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
         return np.ascontiguousarray(rgb[..., 0])
     return np.ascontiguousarray(rgb)
