@@ -531,22 +531,99 @@ def test_eval_batch_norm_equivalent_matches_torch():
     assert _eval_batch_norm(x, mean, var, w, b, True) is None  # training mode is left to torch
 
 
-def test_cheaper_backward_mode_intercepts_batch_norm_and_inplace_activations():
-    from mammography.cam.base import _CheaperBackward
+def test_lean_backward_mode_intercepts_batch_norm_conv_pooling_and_activations():
+    from mammography.cam.base import _LeanBackward
 
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(5).eval()
     bn.running_mean.normal_()
+    conv = nn.Conv2d(5, 5, 3, padding=1, groups=5)
     x = torch.randn(2, 5, 4, 3, requires_grad=True)
-    with _CheaperBackward():
+    with _LeanBackward():
         y = bn(x)
         z = y.clone()
         out = F.silu(z, inplace=True)
+        c = conv(out)
+        pooled = F.adaptive_avg_pool2d(c, 1)
     assert type(y.grad_fn).__name__.startswith("Addcmul")  # not NativeBatchNormBackward
     torch.testing.assert_close(y, bn(x))
     assert out is not z and torch.equal(z, y)  # the in-place SiLU ran out of place
     torch.testing.assert_close(out, F.silu(y))
+    assert type(c.grad_fn).__name__ == "_ConvInputGradientBackward"
+    torch.testing.assert_close(c, conv(F.silu(y)))
+    assert type(pooled.grad_fn).__name__.startswith("Mean")
     assert torch._C._len_torch_function_stack() == 0
+    assert all(p.grad is None for p in conv.parameters())
+
+
+class _CountingLeanBackward:
+    """_LeanBackward that also adds up the bytes its saved-tensor hook stores."""
+
+    def __new__(cls):
+        from mammography.cam.base import _LeanBackward, _Recompute
+
+        class Counting(_LeanBackward):
+            def __init__(self):
+                self.kept_bytes = 0
+                super().__init__()
+
+            def _pack(self, tensor):
+                packed = _LeanBackward._pack(tensor)
+                if not isinstance(packed, _Recompute):
+                    self.kept_bytes += tensor.numel() * tensor.element_size()
+                return packed
+
+        return Counting()
+
+
+def test_lean_backward_keeps_activation_inputs_only_and_gives_autograds_gradients(model64):
+    """Two MBConv blocks (features.2, with squeeze-excitation and a residual): the
+    gradient for the input equals plain autograd's, and what is kept for the
+    backward pass is what the SiLUs need, not the convolutions' inputs, the batch
+    norms' inputs or copies of the squeeze-excitation input."""
+    stage = model64.features[2]
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 32, 32, dtype=torch.float64)
+    seed = torch.randn(2, 24, 16, 16, dtype=torch.float64)
+
+    plain_bytes = [0]
+
+    def count(t):
+        plain_bytes[0] += t.numel() * t.element_size()
+        return t
+
+    a = x.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+        expected = torch.autograd.grad(stage(a), a, seed)[0]
+
+    lean = _CountingLeanBackward()
+    b = x.clone().requires_grad_(True)
+    with lean:
+        out = stage(b)
+    got = torch.autograd.grad(out, b, seed)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+    # block 0: SiLU inputs 96 x 32^2 (expand) + 96 x 16^2 (depthwise); block 1: 2 x 144 x 16^2;
+    # plus per-image vectors of the squeeze-excitation and the weights (each a few KB)
+    silu_inputs = 2 * 8 * (96 * 32 * 32 + 96 * 16 * 16 + 2 * 144 * 16 * 16)
+    assert silu_inputs <= lean.kept_bytes < 1.1 * silu_inputs
+    assert lean.kept_bytes < 0.4 * plain_bytes[0]
+    assert all(p.grad is None for p in stage.parameters())
+
+
+def test_recomputed_activation_output_refuses_an_input_changed_in_place():
+    from mammography.cam.base import _LeanBackward
+
+    x = torch.randn(3, 4, requires_grad=True)
+    with _LeanBackward():
+        h = x * 2
+        y = F.silu(h)
+        s = torch.sigmoid(y.sum())
+        out = s * y  # keeps y: stored as silu(h)
+    with torch.no_grad():
+        h.add_(1)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        torch.autograd.grad(out.sum(), x)
 
 
 def test_grad_mode_hooks_and_train_flags_restored(model, images):
