@@ -35,6 +35,7 @@ from mammography.cam import (
     resolve_layers,
     stage_names,
 )
+from mammography.cam.base import _LeanBackward, _Recompute
 from mammography.errors import ConfigError
 from mammography.io.geometry import compute_geometry
 from mammography.models import build_density_model
@@ -532,8 +533,6 @@ def test_eval_batch_norm_equivalent_matches_torch():
 
 
 def test_lean_backward_mode_intercepts_batch_norm_conv_pooling_and_activations():
-    from mammography.cam.base import _LeanBackward
-
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(5).eval()
     bn.running_mean.normal_()
@@ -551,29 +550,68 @@ def test_lean_backward_mode_intercepts_batch_norm_conv_pooling_and_activations()
     torch.testing.assert_close(out, F.silu(y))
     assert type(c.grad_fn).__name__ == "_ConvInputGradientBackward"
     torch.testing.assert_close(c, conv(F.silu(y)))
-    assert type(pooled.grad_fn).__name__.startswith("Mean")
+    assert type(pooled.grad_fn).__name__ == "_SpatialMeanBackward"
+    (g,) = torch.autograd.grad(pooled.sum(), c)
+    assert g.stride()[-2:] == (0, 0)  # a broadcast view, not a full-size tensor
+    torch.testing.assert_close(g, torch.full_like(c, 1 / 12))
     assert torch._C._len_torch_function_stack() == 0
     assert all(p.grad is None for p in conv.parameters())
 
 
-class _CountingLeanBackward:
+def test_batch_norm_folded_into_its_convolution_only_where_nothing_else_sees_the_output(model64):
+    """features.8 is Conv2d -> BatchNorm2d -> SiLU in a Sequential: recorded, the batch
+    norm runs inside the convolution (one pass), with the same values and gradients.
+    A conv that is a target layer, or whose output a hook sees, is left alone."""
+    from mammography.cam.base import _foldable_batch_norms
+
+    block = model64.features[8]
+    conv = block[0]
+    torch.manual_seed(0)
+    x = torch.randn(2, 320, 4, 4, dtype=torch.float64)
+    seed = torch.randn(2, 1280, 4, 4, dtype=torch.float64)
+    a = x.clone().requires_grad_(True)
+    expected_out = block(a)
+    expected_grad = torch.autograd.grad(expected_out, a, seed)[0]
+
+    folds = _foldable_batch_norms(model64, targets=[])
+    assert id(conv.weight) in folds
+    assert id(model64.features[2][0].block[0][0].weight) in folds  # inside MBConv blocks too
+    assert id(conv.weight) not in _foldable_batch_norms(model64, targets=[conv])
+
+    def run(folds):
+        b = x.clone().requires_grad_(True)
+        with _LeanBackward(folds):
+            out = block(b)
+        return out, torch.autograd.grad(out, b, seed)[0]
+
+    out, grad = run(folds)
+    assert type(out.grad_fn.next_functions[0][0]).__name__ == "_ConvInputGradientBackward"  # SiLU <- conv
+    torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
+
+    seen = []
+    handle = conv.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    try:
+        out, grad = run(folds)
+    finally:
+        handle.remove()
+    assert type(out.grad_fn.next_functions[0][0]).__name__.startswith("Addcmul")  # not folded
+    torch.testing.assert_close(seen[0], conv(x))  # the hook saw the convolution's own output
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
+
+
+class CountingLeanBackward(_LeanBackward):
     """_LeanBackward that also adds up the bytes its saved-tensor hook stores."""
 
-    def __new__(cls):
-        from mammography.cam.base import _LeanBackward, _Recompute
+    def __init__(self):
+        self.kept_bytes = 0
+        super().__init__()
 
-        class Counting(_LeanBackward):
-            def __init__(self):
-                self.kept_bytes = 0
-                super().__init__()
-
-            def _pack(self, tensor):
-                packed = _LeanBackward._pack(tensor)
-                if not isinstance(packed, _Recompute):
-                    self.kept_bytes += tensor.numel() * tensor.element_size()
-                return packed
-
-        return Counting()
+    def _pack(self, tensor):
+        packed = _LeanBackward._pack(tensor)
+        if not isinstance(packed, _Recompute):
+            self.kept_bytes += tensor.numel() * tensor.element_size()
+        return packed
 
 
 def test_lean_backward_keeps_activation_inputs_only_and_gives_autograds_gradients(model64):
@@ -596,7 +634,7 @@ def test_lean_backward_keeps_activation_inputs_only_and_gives_autograds_gradient
     with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
         expected = torch.autograd.grad(stage(a), a, seed)[0]
 
-    lean = _CountingLeanBackward()
+    lean = CountingLeanBackward()
     b = x.clone().requires_grad_(True)
     with lean:
         out = stage(b)
@@ -612,8 +650,6 @@ def test_lean_backward_keeps_activation_inputs_only_and_gives_autograds_gradient
 
 
 def test_recomputed_activation_output_refuses_an_input_changed_in_place():
-    from mammography.cam.base import _LeanBackward
-
     x = torch.randn(3, 4, requires_grad=True)
     with _LeanBackward():
         h = x * 2

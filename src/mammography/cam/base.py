@@ -58,6 +58,18 @@ _AUTOCAST_DTYPES = {
 }
 
 
+def _batch_norm_affine(running_mean, running_var, weight, bias, eps) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode batch norm as ``x * scale + shift`` (per channel), constants for autograd."""
+    with torch.no_grad():
+        scale = torch.rsqrt(running_var + eps)
+        if weight is not None:
+            scale = scale * weight
+        shift = -running_mean * scale
+        if bias is not None:
+            shift = shift + bias
+    return scale, shift
+
+
 def _eval_batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
                      momentum=0.1, eps=1e-5):
     """Eval-mode batch norm as one per-channel affine, or None where that does not apply.
@@ -75,13 +87,7 @@ def _eval_batch_norm(input, running_mean, running_var, weight=None, bias=None, t
         if not torch.is_autocast_enabled(input.device.type):
             return None
         input = input.to(running_var.dtype)  # as PyTorch's kernel: float32 maths, result in the input's dtype
-    with torch.no_grad():
-        scale = torch.rsqrt(running_var + eps)
-        if weight is not None:
-            scale = scale * weight
-        shift = -running_mean * scale
-        if bias is not None:
-            shift = shift + bias
+    scale, shift = _batch_norm_affine(running_mean, running_var, weight, bias, eps)
     shape = (1, -1) + (1,) * (input.ndim - 2)
     return torch.addcmul(shift.view(shape), input, scale.view(shape)).to(out_dtype)
 
@@ -140,6 +146,84 @@ def _conv2d_arguments(args, kwargs) -> tuple:
     return tuple(values[n] for n in names)
 
 
+class _SpatialMean(torch.autograd.Function):
+    """Mean over the last two axes (keepdim) whose gradient stays a broadcast view.
+
+    Autograd's mean backward divides an expanded gradient, which writes a
+    full-size tensor; in a squeeze-excitation block that is an extra pass
+    over the largest activation of every block.
+    """
+
+    @staticmethod
+    def forward(ctx, input):
+        ctx.shape = input.shape
+        ctx.count = input.shape[-1] * input.shape[-2]
+        return input.mean(dim=(-2, -1), keepdim=True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (grad / ctx.count).expand(ctx.shape)
+
+
+class _FoldedBatchNorm:
+    """A Conv2d -> BatchNorm2d pair of a plain ``nn.Sequential``, run as one convolution.
+
+    In the recorded part, eval-mode batch norm after a convolution is folded
+    into the convolution's weight and bias (w * s, (b - mean) * s + beta with
+    s = gamma / sqrt(var + eps)): one pass over the output instead of two,
+    forward and backward. It applies only where the convolution's output can
+    reach nothing but the batch norm: consecutive children of a Sequential
+    whose forward is ``nn.Sequential.forward``, neither a target layer, with
+    no hook that could see the unnormalised output.
+    """
+
+    def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d):
+        self.conv = conv
+        self.norm = norm
+
+    def applies(self) -> bool:
+        if self.norm.training or _global_module_hooks():
+            return False
+        return not (self.conv._forward_hooks or self.norm._forward_pre_hooks)
+
+    def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        norm, conv = self.norm, self.conv
+        scale, shift = _batch_norm_affine(norm.running_mean, norm.running_var, norm.weight, norm.bias, norm.eps)
+        with torch.no_grad():
+            weight = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
+            bias = shift if conv.bias is None else shift + conv.bias * scale
+        return weight, bias.to(conv.weight.dtype)
+
+
+def _global_module_hooks() -> bool:
+    from torch.nn.modules import module as _module
+
+    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
+
+
+def _foldable_batch_norms(model: nn.Module, targets: Sequence[nn.Module]) -> dict[int, _FoldedBatchNorm]:
+    """Conv2d -> BatchNorm2d pairs of ``model`` that can run as one convolution (see
+    :class:`_FoldedBatchNorm`), keyed by ``id`` of the convolution's weight."""
+    excluded = {id(m) for m in targets}
+    pairs: dict[int, _FoldedBatchNorm] = {}
+    for seq in model.modules():
+        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
+            continue
+        children = list(seq.children())
+        for conv, norm in zip(children, children[1:]):
+            if (
+                type(conv) is nn.Conv2d
+                and type(norm) is nn.BatchNorm2d
+                and conv.padding_mode == "zeros"
+                and norm.running_mean is not None
+                and norm.num_features == conv.out_channels
+                and id(conv) not in excluded
+                and id(norm) not in excluded
+            ):
+                pairs[id(conv.weight)] = _FoldedBatchNorm(conv, norm)
+    return pairs
+
+
 class _Recompute:
     """What a kept activation output is stored as: its function and its input."""
 
@@ -165,10 +249,13 @@ class _LeanBackward(TorchFunctionMode):
 
     From the first target layer on, the forward pass runs under this mode:
 
-    * eval-mode ``batch_norm`` -> :func:`_eval_batch_norm` (a per-channel affine
-      with constant scale: same values, keeps nothing, backward one multiply);
     * ``conv2d`` -> :class:`_ConvInputGradient` (keeps the weight, not the input);
-    * ``adaptive_avg_pool2d`` to 1 x 1 -> ``mean`` (keeps the shape, not the input);
+      a convolution followed by eval-mode batch norm in a Sequential runs as one
+      convolution with the batch norm folded in (:class:`_FoldedBatchNorm`);
+    * other eval-mode ``batch_norm`` -> :func:`_eval_batch_norm` (a per-channel
+      affine with constant scale: keeps nothing, backward one multiply);
+    * ``adaptive_avg_pool2d`` to 1 x 1 -> :class:`_SpatialMean` (keeps the
+      shape, not the input; its gradient stays a broadcast view);
     * in-place activations run out of place: for ``silu_`` autograd would
       first copy the input it needs for the backward pass;
     * the output of a SiLU-like activation, when a later op keeps it (the
@@ -182,8 +269,9 @@ class _LeanBackward(TorchFunctionMode):
     point; leaving it removes them.
     """
 
-    def __init__(self):
+    def __init__(self, folds: dict[int, _FoldedBatchNorm] | None = None):
         super().__init__()
+        self._folds = folds or {}
         self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
     def __enter__(self):
@@ -212,19 +300,29 @@ class _LeanBackward(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.batch_norm:
+            input = args[0] if args else kwargs["input"]
+            folded = getattr(input, "_cam_folded", None)
+            if folded is not None and folded is (args[1] if len(args) > 1 else kwargs.get("running_mean")):
+                return input  # normalised already, by the convolution it came from
             out = _eval_batch_norm(*args, **kwargs)
             if out is not None:
                 return out
         elif func is torch.conv2d:
             input, weight, bias, stride, padding, dilation, groups = _conv2d_arguments(args, kwargs)
             if input.requires_grad and not isinstance(padding, str) and weight.ndim == 4:
+                fold = self._folds.get(id(weight))
+                if fold is not None and fold.conv.weight is weight and fold.applies():
+                    weight, bias = fold.weight_and_bias()
+                    out = _ConvInputGradient.apply(input, weight, bias, stride, padding, dilation, groups)
+                    out._cam_folded = fold.norm.running_mean
+                    return out
                 bias = None if bias is None else bias.detach()
                 return _ConvInputGradient.apply(input, weight.detach(), bias, stride, padding, dilation, groups)
         elif func is F.adaptive_avg_pool2d:
             input = args[0] if args else kwargs["input"]
             size = args[1] if len(args) > 1 else kwargs["output_size"]
-            if size in (1, (1, 1), [1, 1]) and input.ndim in (3, 4):
-                return input.mean(dim=(-2, -1), keepdim=True)
+            if size in (1, (1, 1), [1, 1]) and input.ndim in (3, 4) and input.requires_grad:
+                return _SpatialMean.apply(input)
         elif func in _RECOMPUTABLE_ACTIVATIONS:
             return self._recomputable(func, args, kwargs)
         if kwargs.get("inplace") and func in _INPLACE_ACTIVATIONS:
@@ -250,10 +348,18 @@ class _Capture:
     ----------
     layers : the target layers.
     inference_prefix : run the layers before the first target in inference mode.
+    folds : batch norms folded into their convolution in the recorded part
+        (see :func:`_foldable_batch_norms`).
     """
 
-    def __init__(self, layers: Sequence[TargetLayer], inference_prefix: bool = False):
+    def __init__(
+        self,
+        layers: Sequence[TargetLayer],
+        inference_prefix: bool = False,
+        folds: dict[int, _FoldedBatchNorm] | None = None,
+    ):
         self.layers = list(layers)
+        self.folds = folds
         self.activations: dict[str, torch.Tensor] = {}
         self.inference_prefix = inference_prefix
         self._handles: list = []
@@ -288,7 +394,7 @@ class _Capture:
         self._leave_prefix()
         # The caller's no_grad() context restores the previous mode after the forward.
         torch.set_grad_enabled(True)
-        self._mode = _LeanBackward()
+        self._mode = _LeanBackward(self.folds)
         self._mode.__enter__()
 
     def _make_hook(self, name: str):
@@ -381,6 +487,7 @@ class BaseCAM:
         self.channels_last = bool(channels_last)
         self.autocast_dtype = _parse_autocast(autocast)
         self._modules = tuple(model.modules())
+        self._folds = _foldable_batch_norms(model, [layer.module for layer in self.layers])
         # Layers before the first target run in inference mode (no autograd dispatch: ~10 % less
         # per-op overhead, which is what bounds a GPU at small maps). A model that reuses one of
         # those tensors after a target in an op autograd must save (e.g. a target inside a
@@ -452,7 +559,7 @@ class BaseCAM:
 
     def _forward(self, x: torch.Tensor) -> tuple[_Capture, torch.Tensor]:
         """The model's forward pass; hooks off and train/eval flags restored on the way out."""
-        capture = _Capture(self.layers, inference_prefix=self._inference_prefix)
+        capture = _Capture(self.layers, inference_prefix=self._inference_prefix, folds=self._folds)
         # capture last: its inference-mode prefix must sit inside no_grad and autocast
         with _eval_mode(self._modules), torch.no_grad(), self._autocast(x.device), capture:
             return capture, self.model(x)
