@@ -600,6 +600,23 @@ def test_batch_norm_folded_into_its_convolution_only_where_nothing_else_sees_the
     torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
 
 
+def test_folded_weights_follow_changed_parameters(model, images):
+    """The folded weights are kept between calls; changing the model (new batch-norm
+    statistics, new weights loaded in place) must show in the next call."""
+    m = copy.deepcopy(model)
+    cam = GradCAM(m, "stages")
+    cam(images, targets=[0, 1, 2])
+    with torch.no_grad():
+        m.features[3][0].block[0][1].running_var.mul_(4)
+        m.features[5][1].block[3][0].weight.mul_(-1)
+    again = cam(images, targets=[0, 1, 2])
+    fresh = GradCAM(m, "stages")(images, targets=[0, 1, 2])
+    unchanged = GradCAM(model, "stages")(images, targets=[0, 1, 2])
+    for layer in again.layers:
+        torch.testing.assert_close(again[layer], fresh[layer])
+    assert not torch.allclose(again["features.2"], unchanged["features.2"])
+
+
 class CountingLeanBackward(_LeanBackward):
     """_LeanBackward that also adds up the bytes its saved-tensor hook stores."""
 
@@ -678,6 +695,7 @@ def test_grad_mode_hooks_and_train_flags_restored(model, images):
     assert all(not x._forward_hooks for x in m.modules())
     assert all(p.grad is None for p in m.parameters())
     assert torch._C._len_torch_function_stack() == 0
+    assert torch._C._autograd._top_saved_tensors_default_hooks(False) is None
 
 
 def test_hooks_removed_and_state_restored_when_forward_raises(model):
@@ -701,7 +719,8 @@ def test_hooks_removed_and_state_restored_when_forward_raises(model):
     assert torch.is_grad_enabled()
     assert [x.training for x in m.modules()] == modes
     assert all(not x._forward_hooks for x in m.modules())
-    assert torch._C._len_torch_function_stack() == 0  # the CPU backward mode was popped
+    assert torch._C._len_torch_function_stack() == 0  # the recording mode was popped
+    assert torch._C._autograd._top_saved_tensors_default_hooks(False) is None  # and its saved-tensor hooks
 
 
 def test_frozen_parameters_work_and_stay_frozen(model, images):
