@@ -542,12 +542,15 @@ def test_lean_backward_mode_intercepts_batch_norm_conv_pooling_and_activations()
         y = bn(x)
         z = y.clone()
         out = F.silu(z, inplace=True)
+        w = y.clone()
+        positional = F.silu(w, True)  # inplace given positionally
         c = conv(out)
         pooled = F.adaptive_avg_pool2d(c, 1)
     assert type(y.grad_fn).__name__.startswith("Addcmul")  # not NativeBatchNormBackward
     torch.testing.assert_close(y, bn(x))
     assert out is not z and torch.equal(z, y)  # the in-place SiLU ran out of place
     torch.testing.assert_close(out, F.silu(y))
+    assert torch.equal(w, y) and torch.equal(positional, out)
     assert type(c.grad_fn).__name__ == "_ConvInputGradientBackward"
     torch.testing.assert_close(c, conv(F.silu(y)))
     assert type(pooled.grad_fn).__name__ == "_SpatialMeanBackward"

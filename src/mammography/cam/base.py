@@ -340,13 +340,13 @@ class _LeanBackward(TorchFunctionMode):
 
     @staticmethod
     def _recomputable(func, args, kwargs):
-        if kwargs.get("inplace"):
-            kwargs = {**kwargs, "inplace": False}
-        input = args[0] if args else kwargs.get("input")
-        out = func(*args, **kwargs)
-        if isinstance(input, torch.Tensor) and input.requires_grad and out is not input:
-            extra = {k: v for k, v in kwargs.items() if k not in ("input", "inplace")}
-            out._cam_recompute = _Recompute(lambda t: func(t, *args[1:], **extra), input)
+        input = args[0] if args else kwargs["input"]
+        # always out of place; a positional bool is ``inplace`` (silu, hardswish, mish)
+        options = tuple(a for a in args[1:] if not isinstance(a, bool))
+        extra = {k: v for k, v in kwargs.items() if k not in ("input", "inplace")}
+        out = func(input, *options, **extra)
+        if isinstance(input, torch.Tensor) and input.requires_grad:
+            out._cam_recompute = _Recompute(lambda t: func(t, *options, **extra), input)
         return out
 
 
