@@ -148,7 +148,7 @@ def _conv2d_arguments(args, kwargs) -> tuple:
 
 
 class _SpatialMean(torch.autograd.Function):
-    """Mean over the last two axes (keepdim) whose gradient stays a broadcast view.
+    """Average pooling to 1 x 1 whose gradient stays a broadcast view.
 
     Autograd's mean backward divides an expanded gradient, which writes a
     full-size tensor; in a squeeze-excitation block that is an extra pass
@@ -158,12 +158,12 @@ class _SpatialMean(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input):
         ctx.shape = input.shape
-        ctx.count = input.shape[-1] * input.shape[-2]
-        return input.mean(dim=(-2, -1), keepdim=True)
+        return F.adaptive_avg_pool2d(input, 1)  # the model's own kernel: the same values
 
     @staticmethod
     def backward(ctx, grad):
-        return (grad / ctx.count).expand(ctx.shape)
+        # divided as PyTorch's CPU kernel divides (by height, then width): the same values
+        return (grad / ctx.shape[-2] / ctx.shape[-1]).expand(ctx.shape)
 
 
 class _FoldedBatchNorm:
@@ -650,6 +650,8 @@ class BaseCAM:
             raise ConfigError(f"layer {name!r} gives a {act.ndim}-D output; CAMs need (B, C, h, w) feature maps")
         work = torch.promote_types(act.dtype, torch.float32)
         with torch.no_grad():
+            if 0 in grad.stride():  # a broadcast view (the gradient of a global pooling): written out
+                grad = grad.contiguous()  # as autograd's pooling backward writes it, same reduction order
             raw = self.compute_maps(act.detach().to(work), grad.to(work))
             return torch.relu(raw).float().contiguous()
 
