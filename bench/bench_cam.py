@@ -57,14 +57,18 @@ How it measures
   applied at start-up by :func:`mammography.cam.runtime.tune_malloc`.
 * Leak check: ``--leak-calls`` consecutive calls of ours at ``features.8``;
   RSS after the warm-up (call 10) and after the last call.
-* ``stages-memory``: every (variant, source tree) runs in a FRESH process
-  (malloc tuned as the CLI does). CPU: peak resident set increase as above,
-  plus the peak of torch tensor bytes alive during one call (a dispatch-level
-  counter of every tensor the call creates: independent of the allocator's
-  caching, blind to kernels' internal scratch memory). CUDA:
+* ``stages-memory``: every memory figure of a (variant, source tree) comes
+  from a FRESH process. CPU: the peak of the bytes torch's CPU allocator
+  holds during one call (profiler memory events: tensors and kernel buffers,
+  independent of how malloc caches freed blocks; the counterpart of the CUDA
+  figure), and the peak resident set increase as above, with glibc's
+  defaults and with malloc tuned as the CLI does (which keeps freed memory,
+  so its peak includes the heap's fragmentation). CUDA:
   ``torch.cuda.max_memory_allocated`` over ``memory_allocated`` before.
-  Time: each tree's worker times forward, final layer and nine stages
-  round-robin; trees alternate for ``--rounds`` rounds.
+  Time: one process (malloc tuned) calls forward, and final-layer and
+  nine-stage Grad-CAM of this tree and of ``--compare-src`` (imported beside
+  it), round-robin, so load changes hit them alike; wall clock and process
+  CPU time.
 * ``accuracy``: an EfficientNet-B0 with BatchNorm statistics re-estimated at
   ``--size`` (default 128 px here), ``--batch`` structured images (default
   8), targets the float64 model's predictions. f32 vs f64: the maximum
@@ -87,12 +91,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import weakref
-
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -264,9 +264,10 @@ def measure_times(args, variants: list[str]) -> dict:
     return {"times": times, "cpu": cpu}
 
 
-def measure_cpu_memory(args, variant: str, setup=None) -> dict:
-    model, x, autocast, amp = setup or load_setup(args)
-    run = make_variant(variant, model, x, autocast, amp)
+def measure_cpu_memory(args, variant: str, run=None) -> dict:
+    if run is None:
+        model, x, autocast, amp = load_setup(args)
+        run = make_variant(variant, model, x, autocast, amp)
     gc.collect()
     before = proc_status_mb()["VmRSS"]
     reset_ok = reset_peak_rss()
@@ -331,45 +332,24 @@ STAGES_TIME_TARGET = 1.0  # nine-stage time, this tree / the compared tree
 ACCURACY_TARGET = 1e-4  # batch map vs one-image map, relative to the map's maximum
 
 
-class TensorBytes(TorchDispatchMode):
-    """Peak bytes of the tensors created inside the mode that are alive at once.
+def allocator_peak_mb(run) -> float:
+    """Peak of the bytes torch's CPU allocator holds during one call, from the profiler's
+    memory events (every tensor and every kernel buffer torch allocates; independent of
+    how malloc caches freed blocks)."""
+    from torch.profiler import ProfilerActivity, profile
 
-    Counts each new storage an op returns, until it is freed. It sees every
-    tensor torch hands out (also autograd's saved tensors and gradients) but
-    not a kernel's private scratch memory, and it does not depend on how the
-    allocator caches freed blocks.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._storages: set[int] = set()
-
-    def _track(self, tensor: torch.Tensor) -> None:
-        storage = tensor.untyped_storage()
-        key, size = storage.data_ptr(), storage.nbytes()
-        if size == 0 or key in self._storages:
-            return
-        self._storages.add(key)
-        self.live += size
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(storage, self._release, key, size)
-
-    def _release(self, key: int, size: int) -> None:
-        self._storages.discard(key)
-        self.live -= size
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        # views and in-place results share an input's storage: not new memory
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                if t.untyped_storage().data_ptr() not in inputs:
-                    self._track(t)
-        return out
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = run()
+        del out
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type().name == "CPU"),
+        key=lambda e: e.start_ns(),
+    )
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def measure_stage_peak(args, variant: str) -> dict:
@@ -377,14 +357,10 @@ def measure_stage_peak(args, variant: str) -> dict:
     model, x, autocast, amp = load_setup(args)
     if x.is_cuda:
         return measure_cuda_memory(args, variant, model, x, autocast, amp)
-    result = measure_cpu_memory(args, variant, setup=(model, x, autocast, amp))
-    if not args.mallopt:  # counted once, in the glibc-defaults worker
-        run = make_variant(variant, model, x, autocast, amp)
-        counter = TensorBytes()
-        with counter:
-            out = run()
-        del out
-        result["tensor_mb"] = counter.peak / 2**20
+    run = make_variant(variant, model, x, autocast, amp)
+    result = measure_cpu_memory(args, variant, run=run)
+    if not args.mallopt:  # counted once, in the glibc-defaults worker; a third call of the same object
+        result["tensor_mb"] = allocator_peak_mb(run)
     return result
 
 
@@ -446,9 +422,9 @@ def orchestrate_stages_memory(args) -> None:
     if cuda:
         print("peak MB: torch.cuda.max_memory_allocated over memory_allocated before the calls")
     else:
-        print("tensor MB: peak of torch tensor bytes alive during one call; RSS +MB: peak resident set (VmHWM) over "
-              "the resident set before the first call, with glibc's defaults and with malloc tuned as the CLI does "
-              "(freed memory kept: that peak includes the heap's fragmentation)")
+        print("alloc MB: peak of torch's CPU allocator during one call (profiler); RSS +MB: peak resident set "
+              "(VmHWM) over the resident set before the first call, with glibc's defaults and with malloc tuned as the "
+              "CLI does (freed memory kept: that peak includes the heap's fragmentation)")
     trees = stage_workers(args)
     memory: dict[tuple[str, str], dict] = {}
     for label, src in trees:
@@ -470,7 +446,7 @@ def orchestrate_stages_memory(args) -> None:
 
 def print_stages_table(args, trees, memory: dict, timed: dict) -> None:
     columns = ["peak"] if args.device == "cuda" else ["tensor", "rss", "rss_tuned"]
-    titles = {"peak": "peak MB", "tensor": "tensor MB", "rss": "RSS +MB", "rss_tuned": "RSS tuned"}
+    titles = {"peak": "peak MB", "tensor": "alloc MB", "rss": "RSS +MB", "rss_tuned": "RSS tuned"}
     fwd_mem = memory[(trees[0][0], "forward")]
     wall = {k: median(v) for k, v in timed["wall"].items()}
     cpu = {k: median(v) for k, v in timed["cpu"].items()}
@@ -703,7 +679,6 @@ def parse_args(argv=None):
                    help="stages-memory / accuracy: also measure the mammography package in this src/ folder "
                         "(e.g. a checkout of an earlier commit)")
     p.add_argument("--compare-label", default="compared", help="name of --compare-src in the tables")
-    p.add_argument("--rounds", type=int, default=2, help="stages-memory: timing rounds per tree, alternating")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast (meant for CUDA)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=None, help="timed calls per variant (5 CPU, 20 CUDA)")
