@@ -35,6 +35,7 @@ from mammography.cam import (
     resolve_layers,
     stage_names,
 )
+from mammography.cam.base import _LeanBackward, _Recompute
 from mammography.errors import ConfigError
 from mammography.io.geometry import compute_geometry
 from mammography.models import build_density_model
@@ -127,22 +128,29 @@ def reference_acts_grads(model64: nn.Module, x: torch.Tensor, layers, targets):
 
 
 def formula(method: str, A: np.ndarray, G: np.ndarray) -> np.ndarray:
-    """The published CAM formulas in float64 numpy, (B, C, h, w) -> (B, h, w)."""
+    """The CAM formulas in float64 numpy, (B, C, h, w) -> (B, h, w).
+
+    Grad-CAM++ and XGrad-CAM in the forms of ``mammography.cam.methods``: the
+    papers' closed forms where the channel sum S is well posed, bounded where
+    signed activations would put a pole in them (S < 0 for Grad-CAM++, S near
+    zero for XGrad-CAM).
+    """
+    S = A.sum(axis=(2, 3))
     if method == "gradcam":
         w = G.mean(axis=(2, 3))
-        cam = np.einsum("bc,bchw->bhw", w, A)
     elif method == "gradcam++":
         g2, g3 = G**2, G**3
-        sum_a = A.sum(axis=(2, 3), keepdims=True)
-        alpha = g2 / (2 * g2 + sum_a * g3 + 1e-6)
-        alpha = np.where(G != 0, alpha, 0.0)
+        s = np.maximum(S, 0)[:, :, None, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            alpha = np.where(G != 0, g2 / (2 * g2 + s * g3), 0.0)  # eq. 19 as printed
         w = (alpha * np.maximum(G, 0)).sum(axis=(2, 3))
+    elif method == "xgradcam":
+        M = np.abs(A).sum(axis=(2, 3))
+        w = (G * A).sum(axis=(2, 3)) * S / np.maximum(S**2, (0.1 * M) ** 2)
+    if method in ("gradcam", "gradcam++", "xgradcam"):
         cam = np.einsum("bc,bchw->bhw", w, A)
     elif method == "hirescam":
         cam = (G * A).sum(axis=1)
-    elif method == "xgradcam":
-        w = (G * A).sum(axis=(2, 3)) / (A.sum(axis=(2, 3)) + 1e-7)
-        cam = np.einsum("bc,bchw->bhw", w, A)
     elif method == "layercam":
         cam = (np.maximum(G, 0) * A).sum(axis=1)
     else:  # pragma: no cover
@@ -168,28 +176,78 @@ def test_model_fixture_is_not_degenerate(model, images):
     assert logits.abs().max() > 1e-3  # a random init gives ~1e-14
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_matches_its_float64_formula(method, model, model64, images):
-    targets = [0, 2, 3]
-    A, G, _ = reference_acts_grads(model64, images, LAYERS, targets)
+STAGES = [f"features.{i}" for i in range(9)]
+STAGE_TARGETS = [0, 2, 3]
 
+
+@pytest.fixture(scope="module")
+def stage_reference(model64, images):
+    """float64 activations and gradients at every stage, from the independent path."""
+    A, G, _ = reference_acts_grads(model64, images, STAGES, STAGE_TARGETS)
+    return A, G
+
+
+def relative_error(got: np.ndarray, ref: np.ndarray) -> float:
+    """max |got - ref| over each map, relative to that map's maximum |ref|."""
+    scale = np.abs(ref).max(axis=(-2, -1), keepdims=True)
+    return float((np.abs(got - ref) / scale).max())
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_matches_its_float64_formula_at_every_stage(method, model, model64, images, stage_reference):
+    """Signed activations (features.0-7 are BatchNorm/SiLU outputs) put poles in the
+    literal Grad-CAM++ and XGrad-CAM formulas, where float32 maps were noise (up to
+    1.0 from float64 after normalisation); every method must now be exact to float32
+    precision at every stage."""
+    A, G = stage_reference
     # the engine on the float64 model: the formula to float32 output precision
-    res64 = create_cam(method, model64, LAYERS)(images, targets=targets)
+    res64 = create_cam(method, model64, "stages")(images, targets=STAGE_TARGETS)
     # the engine on the float32 model: what users run
-    res32 = create_cam(method, model, LAYERS)(images, targets=targets)
+    res32 = create_cam(method, model, "stages")(images, targets=STAGE_TARGETS)
     assert res32.method == method
-    assert res32.targets.tolist() == targets
-    for layer in LAYERS:
+    assert res32.targets.tolist() == STAGE_TARGETS
+    for layer in STAGES:
         ref = formula(method, A[layer], G[layer])
-        assert ref.max() > 0
+        assert (ref.max(axis=(1, 2)) > 0).all(), layer
         got64 = res64[layer].numpy()
         got32 = res32[layer].numpy()
         assert got32.dtype == np.float32 and got32.shape == ref.shape
-        np.testing.assert_allclose(got64, ref, rtol=1e-6, atol=1e-6 * ref.max())
-        # XGrad-CAM divides by sum_ij A_c, which is near zero for some channels of
-        # features.4/6 (BatchNorm outputs): float32 rounding of the model itself is
-        # amplified there (measured 3e-4); the other methods agree to ~1e-5.
-        np.testing.assert_allclose(minmax(got32), minmax(ref), atol=1e-3 if method == "xgradcam" else 1e-4)
+        np.testing.assert_allclose(got64, ref, rtol=1e-6, atol=1e-6 * ref.max(), err_msg=layer)
+        assert relative_error(got32, ref) < 1e-4, layer
+        np.testing.assert_allclose(minmax(got32), minmax(ref), atol=1e-4, err_msg=layer)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_batch_equals_per_image_at_every_stage(method, model, images):
+    """Batched convolutions round differently from single-image ones (~1e-7); a method
+    must not amplify that (the literal Grad-CAM++ gave batch maps 1.0x the maximum
+    away from the per-image ones at features.1)."""
+    cam = create_cam(method, model, "stages")
+    batch = cam(images, targets=STAGE_TARGETS)
+    singles = [cam(images[i : i + 1], targets=STAGE_TARGETS[i : i + 1]) for i in range(len(images))]
+    for layer in STAGES:
+        one_by_one = torch.cat([r[layer] for r in singles]).numpy()
+        assert relative_error(batch[layer].numpy(), one_by_one) < 1e-4, layer
+
+
+def test_gradcam_plus_plus_and_xgradcam_stay_bounded_on_signed_activations():
+    """A channel whose activations sum to -2 / G (Grad-CAM++'s pole) or cancel to
+    zero (XGrad-CAM's): the weights stay finite and move by O(perturbation)."""
+    from mammography.cam.methods import GradCAMPlusPlus, XGradCAM
+
+    A = torch.tensor([[[[1.0, -3.0], [0.5, -0.5]], [[2.0, 1.0], [1.0, 0.0]]]], dtype=torch.float64)  # S = -2, 4
+    G = torch.full_like(A, 1.0)  # S * G = -2 on channel 0: the literal alpha divides by zero
+    for method in (GradCAMPlusPlus, XGradCAM):
+        base = method.compute_maps(None, A, G)
+        nudged = method.compute_maps(None, A * (1 + 1e-7), G * (1 - 1e-7))
+        assert torch.isfinite(base).all()
+        assert (nudged - base).abs().max() < 1e-5 * base.abs().max()
+    # channel 0 of Grad-CAM++: S < 0 is clamped to 0, so alpha = 1/2 and w = sum ReLU(G) / 2
+    w = GradCAMPlusPlus.compute_maps(None, A[:, :1], G[:, :1])
+    torch.testing.assert_close(w, 2.0 * A[0, :1].sum(0, keepdim=True))
+    # XGrad-CAM on a channel that sums to exactly zero: weight 0
+    zero_sum = torch.tensor([[[[1.0, -1.0], [2.0, -2.0]]]], dtype=torch.float64)
+    assert XGradCAM.compute_maps(None, zero_sum, torch.rand_like(zero_sum)).abs().max() == 0
 
 
 @pytest.mark.parametrize(
@@ -245,6 +303,52 @@ def test_gradcam_matches_grad_cam_package(layer, batch, model, images):
     ours_full = ours.normalise().upsample().normalise()[layer].numpy()
     assert ours_full.shape == full.shape == (batch, SIZE, SIZE)
     np.testing.assert_allclose(ours_full, full, atol=1e-4)
+
+
+def package_low_res_maps(method: str, model: nn.Module, layer: str, x: torch.Tensor, targets) -> np.ndarray:
+    """The ``grad-cam`` package's map at the layer's resolution (its own hooks, its own
+    ``loss.backward()``, its own weighting), ReLU applied, before any resizing."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    classes = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "hirescam": pgc.HiResCAM,
+               "xgradcam": pgc.XGradCAM, "layercam": pgc.LayerCAM}
+    pkg_model = copy.deepcopy(model)
+    with classes[method](model=pkg_model, target_layers=[pkg_model.get_submodule(layer)]) as pkg:
+        pkg(input_tensor=x.clone(), targets=[ClassifierOutputTarget(c) for c in targets])
+        acts = pkg.activations_and_grads.activations[0].numpy()
+        grads = pkg.activations_and_grads.gradients[0].numpy()
+        return np.maximum(pkg.get_cam_image(x, None, None, acts, grads, False), 0)
+
+
+@pytest.mark.parametrize("method", ["hirescam", "layercam"])
+@pytest.mark.parametrize("layer", ["features.4", "features.8"])
+def test_methods_match_grad_cam_package_on_efficientnet(method, layer, model, images):
+    """HiResCAM and LayerCAM are defined alike here and in the package (Grad-CAM: see above)."""
+    ours = create_cam(method, model, layer)(images)
+    low = package_low_res_maps(method, model, layer, images, ours.targets.tolist())
+    np.testing.assert_allclose(normalise_maps(ours[layer]).numpy(), minmax(low), atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "xgradcam"])
+@pytest.mark.parametrize("layer", ["layer3", "layer4"])
+def test_gradcam_plus_plus_and_xgradcam_match_grad_cam_package_on_relu_activations(method, layer):
+    """Where the package's definitions and ours agree: non-negative activations (ResNet
+    stages end in a ReLU) and, for Grad-CAM++, gradients large enough that the
+    package's 1e-6 in the denominator is negligible (G^2 >> 1e-6: a confident head,
+    logits x 1000). On EfficientNet-B0's signed activations the package's formulas
+    have poles and ours are bounded (see mammography.cam.methods)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18(weights=None, num_classes=4).eval()
+    with torch.no_grad():
+        m.fc.weight.mul_(1000)
+    x = structured_images(3, SIZE, seed=4)
+    ours = create_cam(method, m, layer)(x)
+    low = package_low_res_maps(method, m, layer, x, ours.targets.tolist())
+    assert low.shape == tuple(ours[layer].shape)
+    np.testing.assert_allclose(normalise_maps(ours[layer]).numpy(), minmax(low), atol=1e-4)
 
 
 def test_final_layer_gradcam_is_classic_cam(model64, images):
@@ -428,22 +532,154 @@ def test_eval_batch_norm_equivalent_matches_torch():
     assert _eval_batch_norm(x, mean, var, w, b, True) is None  # training mode is left to torch
 
 
-def test_cheaper_backward_mode_intercepts_batch_norm_and_inplace_activations():
-    from mammography.cam.base import _CheaperBackward
-
+def test_lean_backward_mode_intercepts_batch_norm_conv_pooling_and_activations():
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(5).eval()
     bn.running_mean.normal_()
+    conv = nn.Conv2d(5, 5, 3, padding=1, groups=5)
     x = torch.randn(2, 5, 4, 3, requires_grad=True)
-    with _CheaperBackward():
+    with _LeanBackward():
         y = bn(x)
         z = y.clone()
         out = F.silu(z, inplace=True)
+        w = y.clone()
+        positional = F.silu(w, True)  # inplace given positionally
+        c = conv(out)
+        pooled = F.adaptive_avg_pool2d(c, 1)
     assert type(y.grad_fn).__name__.startswith("Addcmul")  # not NativeBatchNormBackward
     torch.testing.assert_close(y, bn(x))
     assert out is not z and torch.equal(z, y)  # the in-place SiLU ran out of place
     torch.testing.assert_close(out, F.silu(y))
+    assert torch.equal(w, y) and torch.equal(positional, out)
+    assert type(c.grad_fn).__name__ == "_ConvInputGradientBackward"
+    torch.testing.assert_close(c, conv(F.silu(y)))
+    assert type(pooled.grad_fn).__name__ == "_SpatialMeanBackward"
+    (g,) = torch.autograd.grad(pooled.sum(), c)
+    assert g.stride()[-2:] == (0, 0)  # a broadcast view, not a full-size tensor
+    torch.testing.assert_close(g, torch.full_like(c, 1 / 12))
     assert torch._C._len_torch_function_stack() == 0
+    assert all(p.grad is None for p in conv.parameters())
+
+
+def test_batch_norm_folded_into_its_convolution_only_where_nothing_else_sees_the_output(model64):
+    """features.8 is Conv2d -> BatchNorm2d -> SiLU in a Sequential: recorded, the batch
+    norm runs inside the convolution (one pass), with the same values and gradients.
+    A conv that is a target layer, or whose output a hook sees, is left alone."""
+    from mammography.cam.base import _foldable_batch_norms
+
+    block = model64.features[8]
+    conv = block[0]
+    torch.manual_seed(0)
+    x = torch.randn(2, 320, 4, 4, dtype=torch.float64)
+    seed = torch.randn(2, 1280, 4, 4, dtype=torch.float64)
+    a = x.clone().requires_grad_(True)
+    expected_out = block(a)
+    expected_grad = torch.autograd.grad(expected_out, a, seed)[0]
+
+    folds = _foldable_batch_norms(model64, targets=[])
+    assert id(conv.weight) in folds
+    assert id(model64.features[2][0].block[0][0].weight) in folds  # inside MBConv blocks too
+    assert id(conv.weight) not in _foldable_batch_norms(model64, targets=[conv])
+
+    def run(folds):
+        b = x.clone().requires_grad_(True)
+        with _LeanBackward(folds):
+            out = block(b)
+        return out, torch.autograd.grad(out, b, seed)[0]
+
+    out, grad = run(folds)
+    assert type(out.grad_fn.next_functions[0][0]).__name__ == "_ConvInputGradientBackward"  # SiLU <- conv
+    torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
+
+    seen = []
+    handle = conv.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    try:
+        out, grad = run(folds)
+    finally:
+        handle.remove()
+    assert type(out.grad_fn.next_functions[0][0]).__name__.startswith("Addcmul")  # not folded
+    torch.testing.assert_close(seen[0], conv(x))  # the hook saw the convolution's own output
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_folded_weights_follow_changed_parameters(model, images):
+    """The folded weights are kept between calls; changing the model (new batch-norm
+    statistics, new weights loaded in place) must show in the next call."""
+    m = copy.deepcopy(model)
+    cam = GradCAM(m, "stages")
+    cam(images, targets=[0, 1, 2])
+    with torch.no_grad():
+        m.features[3][0].block[0][1].running_var.mul_(4)
+        m.features[5][1].block[3][0].weight.mul_(-1)
+    again = cam(images, targets=[0, 1, 2])
+    fresh = GradCAM(m, "stages")(images, targets=[0, 1, 2])
+    unchanged = GradCAM(model, "stages")(images, targets=[0, 1, 2])
+    for layer in again.layers:
+        torch.testing.assert_close(again[layer], fresh[layer])
+    assert not torch.allclose(again["features.2"], unchanged["features.2"])
+
+
+class CountingLeanBackward(_LeanBackward):
+    """_LeanBackward that also adds up the bytes its saved-tensor hook stores."""
+
+    def __init__(self):
+        self.kept_bytes = 0
+        super().__init__()
+
+    def _pack(self, tensor):
+        packed = _LeanBackward._pack(tensor)
+        if not isinstance(packed, _Recompute):
+            self.kept_bytes += tensor.numel() * tensor.element_size()
+        return packed
+
+
+def test_lean_backward_keeps_activation_inputs_only_and_gives_autograds_gradients(model64):
+    """Two MBConv blocks (features.2, with squeeze-excitation and a residual): the
+    gradient for the input equals plain autograd's, and what is kept for the
+    backward pass is what the SiLUs need, not the convolutions' inputs, the batch
+    norms' inputs or copies of the squeeze-excitation input."""
+    stage = model64.features[2]
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 32, 32, dtype=torch.float64)
+    seed = torch.randn(2, 24, 16, 16, dtype=torch.float64)
+
+    plain_bytes = [0]
+
+    def count(t):
+        plain_bytes[0] += t.numel() * t.element_size()
+        return t
+
+    a = x.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+        expected = torch.autograd.grad(stage(a), a, seed)[0]
+
+    lean = CountingLeanBackward()
+    b = x.clone().requires_grad_(True)
+    with lean:
+        out = stage(b)
+    got = torch.autograd.grad(out, b, seed)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+    # block 0: SiLU inputs 96 x 32^2 (expand) + 96 x 16^2 (depthwise); block 1: 2 x 144 x 16^2;
+    # plus per-image vectors of the squeeze-excitation and the weights (each a few KB)
+    silu_inputs = 2 * 8 * (96 * 32 * 32 + 96 * 16 * 16 + 2 * 144 * 16 * 16)
+    assert silu_inputs <= lean.kept_bytes < 1.1 * silu_inputs
+    assert lean.kept_bytes < 0.4 * plain_bytes[0]
+    assert all(p.grad is None for p in stage.parameters())
+
+
+def test_recomputed_activation_output_refuses_an_input_changed_in_place():
+    x = torch.randn(3, 4, requires_grad=True)
+    with _LeanBackward():
+        h = x * 2
+        y = F.silu(h)
+        s = torch.sigmoid(y.sum())
+        out = s * y  # keeps y: stored as silu(h)
+    with torch.no_grad():
+        h.add_(1)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        torch.autograd.grad(out.sum(), x)
 
 
 def test_grad_mode_hooks_and_train_flags_restored(model, images):
@@ -462,6 +698,7 @@ def test_grad_mode_hooks_and_train_flags_restored(model, images):
     assert all(not x._forward_hooks for x in m.modules())
     assert all(p.grad is None for p in m.parameters())
     assert torch._C._len_torch_function_stack() == 0
+    assert torch._C._autograd._top_saved_tensors_default_hooks(False) is None
 
 
 def test_hooks_removed_and_state_restored_when_forward_raises(model):
@@ -485,7 +722,8 @@ def test_hooks_removed_and_state_restored_when_forward_raises(model):
     assert torch.is_grad_enabled()
     assert [x.training for x in m.modules()] == modes
     assert all(not x._forward_hooks for x in m.modules())
-    assert torch._C._len_torch_function_stack() == 0  # the CPU backward mode was popped
+    assert torch._C._len_torch_function_stack() == 0  # the recording mode was popped
+    assert torch._C._autograd._top_saved_tensors_default_hooks(False) is None  # and its saved-tensor hooks
 
 
 def test_frozen_parameters_work_and_stay_frozen(model, images):
