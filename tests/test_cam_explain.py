@@ -86,9 +86,10 @@ def test_explain_run_stores_what_the_engine_computes(run_dir, tmp_path):
     out = explain_run(run, ["features.6", "features.8"], "hirescam", tmp_path, batch_size=3, progress=False)
     assert out.n_images == len(run.predictions) == 8
     assert out.layers == ("features.6", "features.8") and out.method == "hirescam"
-    assert out.npz_path == tmp_path / "cam_hirescam.npz" and out.npz_path.is_file()
+    assert out.record_path == tmp_path / "cam_hirescam" and (out.record_path / "record.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam_hirescam", "cam_hirescam_predictions.csv"]
 
-    ex = load_explanations(out.npz_path)
+    ex = load_explanations(out.record_path)
     assert ex.layers == out.layers and len(ex) == 8
     assert ex.image_paths == [str(p) for p in run.predictions["image_path"]]
     np.testing.assert_array_equal(ex.y_true, run.predictions["y_true"].to_numpy())
@@ -133,12 +134,12 @@ def test_explain_run_stores_what_the_engine_computes(run_dir, tmp_path):
 def test_explain_true_and_all_targets(run_dir, tmp_path):
     run = load_run(run_dir)
     true = explain_run(run, "features.8", "gradcam", tmp_path / "t", targets="true", progress=False)
-    ex = load_explanations(true.npz_path)
+    ex = load_explanations(true.record_path)
     np.testing.assert_array_equal(ex.targets, run.predictions["y_true"].to_numpy() - 1)
     assert ex.target_mode == "true"
 
     every = explain_run(run, "features.8", "gradcam", tmp_path / "a", targets="all", batch_size=5, progress=False)
-    ea = load_explanations(every.npz_path)
+    ea = load_explanations(every.record_path)
     assert ea.maps["features.8"].shape == (8, 4, 2, 2)
     _, images = run_images(run)
     direct = GradCAM(run.load_model())(images, targets="all")
@@ -156,12 +157,12 @@ def test_cli_explain_writes_per_run_folders(run_dir, tmp_path, capsys, monkeypat
                  "gradcam++", "--target", "B", "--no-cache", "--no-progress"])
     assert code == 0
     folder = tmp_path / "outputs" / "explanations" / "results_42"
-    npz = folder / "cam_gradcampp.npz"
-    assert npz.is_file() and (folder / "cam_gradcampp_predictions.csv").is_file()
+    record = folder / "cam_gradcampp"
+    assert (record / "record.json").is_file() and (folder / "cam_gradcampp_predictions.csv").is_file()
     assert sorted(p.name for p in run_dir.iterdir()) == ["best_model.pth", "metrics", "summary.json",
                                                          "val_predictions.csv"]  # the run is not written
-    assert "wrote outputs/explanations/results_42/cam_gradcampp.npz" in capsys.readouterr().out
-    ex = load_explanations(npz)
+    assert "wrote outputs/explanations/results_42/cam_gradcampp/ (sweep record)" in capsys.readouterr().out
+    ex = load_explanations(record)
     assert ex.layers == ("features.4", "features.8") and ex.method == "gradcam++"
     assert (ex.targets == 1).all()
 
@@ -174,10 +175,41 @@ def test_explain_errors(run_dir, tmp_path, capsys):
     assert main(["explain", "--run", str(run_dir), "--target", "E", "--no-progress"]) == 2
     with pytest.raises(ConfigError):
         explain_runs([run_dir], "features.99", out_dir=tmp_path, progress=False)
-    with pytest.raises(RunError):
-        load_explanations(tmp_path / "missing.npz")
-    bad = tmp_path / "other.npz"
-    np.savez_compressed(bad, x=np.zeros(3))
-    with pytest.raises(RunError, match="not written by"):
+    with pytest.raises(RunError, match="no complete sweep record"):
+        load_explanations(tmp_path / "missing")
+    bad = tmp_path / "other"
+    bad.mkdir()
+    (bad / "record.json").write_text('{"format": "something else"}')
+    with pytest.raises(RunError, match="not a sweep record"):
         load_explanations(bad)
     assert parse_target("a") == 0 and parse_target("4") == 3 and parse_target("ALL") == "all"
+
+
+def test_a_second_command_reuses_explains_record(run_dir, tmp_path, capsys):
+    """explain stores its sweep in the cache; a second explain writes the same bytes from it, and analyze
+    reads it (shown by a record tampered with in the cache: analyze reports what the record says)."""
+    cache = tmp_path / "cache"
+    common = ["--run", str(run_dir), "--cache-dir", str(cache), "--device", "cpu", "--no-progress"]
+    assert main(["explain", *common, "--out", str(tmp_path / "a")]) == 0
+    (record,) = sorted((cache / "records").rglob("record.json"))
+    assert json.loads(record.read_text())["provenance"]["layers"] == ["features.4", "features.6", "features.8"]
+    assert main(["explain", *common, "--out", str(tmp_path / "b"), "--num-workers", "0"]) == 0
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files_a and files_a == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*")
+                                         if p.is_file())
+    for rel in files_a:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+    table = pd.read_parquet(record.parent / "images.parquet")
+    target = 0 if table.loc[0, "y_pred"] != 1 else 1  # a class the model did not predict for image 0
+    for k, letter in enumerate("ABCD"):
+        table.loc[0, f"p_{letter}"] = 1.0 if k == target else 0.0
+    table.to_parquet(record.parent / "images.parquet", index=False)
+    capsys.readouterr()
+    assert main(["analyze", *common, "--out", str(tmp_path / "analysis"), "--no-figures"]) == 0
+    per_image = pd.read_csv(tmp_path / "analysis" / "42" / "attention_per_image.csv").set_index("image_path")
+    first = str(table.loc[0, "image_path"])
+    assert per_image.loc[first, "y_pred"] == target + 1 and per_image.loc[first, "confidence"] == 1.0
+    # a command asking for another method computes its own maps
+    assert main(["explain", *common, "--out", str(tmp_path / "c"), "--method", "hirescam"]) == 0
+    assert len(sorted((cache / "records").rglob("record.json"))) == 2

@@ -248,7 +248,7 @@ def test_pretrained_weights_load_features_only(tmp_path):
     torch.manual_seed(3)
     imagenet_like = efficientnet_b0(weights=None)  # 1000-class head, like torchvision's file
     path = _save(imagenet_like.state_dict(), tmp_path / "efficientnet_b0_imagenet.pth")
-    model = build_density_model(pretrained_weights=path)
+    model = load_backbone_weights(build_density_model(), path)
     got = model.state_dict()
     for key, value in imagenet_like.state_dict().items():
         if key.startswith("features."):

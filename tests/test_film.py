@@ -41,7 +41,7 @@ from mammography.io import (
     segment_breast,
     with_orientation,
 )
-from mammography.io.mammogram import window_percentiles
+from mammography.io.window import window_percentiles
 from mammography.io.orientation import orientation_from_path, orientation_from_text
 from mammography.synth import generate_dataset, make_phantom
 from mammography.synth.film import make_film_phantom

@@ -168,7 +168,8 @@ def test_report_pack_analysis_equals_the_standalone_analysis(packed):
 def test_flagged_run_gets_example_tiles_in_the_report(runs, tmp_path):
     """A run over the spurious thresholds is shown with tiles; tiny thresholds flag any attention outside the breast."""
     from mammography.report.attention import attention_outputs
-    from mammography.report.pack import _Pack, evaluate_run
+    from mammography.report.evaluate import evaluate_run
+    from mammography.report.provenance import AssetBatch
     from mammography.runs import load_run
     from mammography.analysis.run_analysis import analyze_maps
     from mammography.analysis.spurious import SpuriousThresholds
@@ -179,7 +180,7 @@ def test_flagged_run_gets_example_tiles_in_the_report(runs, tmp_path):
     strict = AnalysisOptions(cache_dir=cache, spurious=SpuriousThresholds(outside_breast_ratio=1e-6, max_flag_rate=1e-6))
     analysis = analyze_maps(ev.run, ev.dataset, ev.maps, ev.probs, model=ev.model, options=strict)
     assert analysis.summary["spurious"]["flagged"] and "outside_breast" in analysis.summary["spurious"]["reasons"]
-    pack = _Pack(options=options, assets_dir=tmp_path / "Article" / "assets")
+    pack = AssetBatch(options=options, assets_dir=tmp_path / "Article" / "assets")
     entry = attention_outputs(pack, [analysis], [ev], None, [])
     names = [f.path.name for f in entry.figures]
     assert names == ["density_gradcam_spurious_seed42.png"]

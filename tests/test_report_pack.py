@@ -118,7 +118,8 @@ def test_rows_say_how_many_images_a_class_has(packed):
 
 def test_tiles_show_the_whole_image_unflipped_with_the_heatmap_aligned(trained):
     """A model-space heatmap equal to the breast mask lands on the breast of the displayed original image."""
-    from mammography.report.pack import DisplayImages, evaluate_run
+    from mammography.report.display import DisplayImages
+    from mammography.report.evaluate import evaluate_run
     from mammography.runs import load_run
 
     _, run_dir, cache = trained
@@ -189,11 +190,19 @@ def test_tex_and_markdown_reference_the_figures(packed):
 
 
 def test_same_inputs_give_identical_bytes(packed):
+    """The first pack swept the run and stored its record; this one reads the record; one more computes
+    everything anew without any cache: the same files, byte for byte."""
     article, result, _, run_dir, cache = packed
     first = _tree_hashes(article)
+    records = sorted((cache / "records").rglob("record.json"))
+    assert len(records) == 1  # the first pack's sweep, of every layer it draws
+    assert json.loads(records[0].read_text())["provenance"]["layers"] == ["features.4", "features.6", "features.8"]
     again = report_pack([run_dir], options=_options(article, cache))
     assert _tree_hashes(article) == first
     assert [p.name for p in again.written] == [p.name for p in result.written]
+    report_pack([run_dir], options=_options(article, None))
+    assert _tree_hashes(article) == first
+    assert sorted((cache / "records").rglob("record.json")) == records
 
 
 @pytest.mark.latex

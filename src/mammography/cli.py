@@ -87,6 +87,88 @@ def _add_device(group) -> None:
                        help="torch device: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N")
 
 
+def _workers_arg(value: str) -> int | None:
+    """``--num-workers``: a count >= 0, or auto (None)."""
+    if value == "auto":
+        return None
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of processes; use 0, 1, 2 ... or auto")
+    return int(value)
+
+
+def _add_num_workers(group) -> None:
+    """The one --num-workers flag: image-decoding processes (default auto everywhere)."""
+    from mammography.machine import default_num_workers
+
+    group.add_argument("--num-workers", type=_workers_arg, default=None, metavar="N",
+                       help="processes that decode images while the model runs: a number, 0 = decode in the "
+                            f"main process, or auto (default: auto, {default_num_workers()} on this machine: one "
+                            "core stays with the model, at most 4)")
+
+
+def _add_cache(group) -> None:
+    """The one --cache-dir / --no-cache pair: the decoded-image cache and the sweep records kept in it."""
+    group.add_argument("--cache-dir", type=_path, metavar="DIR",
+                       help="folder of the decoded-image cache and of the stored Grad-CAM sweeps that later "
+                            "commands reuse (default: $MAMMOGRAPHY_CACHE or ~/.cache/mammography); "
+                            "e.g. --cache-dir /scratch/mammo-cache")
+    group.add_argument("--no-cache", dest="use_cache", action="store_false",
+                       help="decode every image and compute every map anew; read and write no cache")
+
+
+def _cache_dir(args) -> Path | None:
+    """The cache folder ``--cache-dir`` / ``--no-cache`` ask for (None: no cache)."""
+    from mammography.data.dataset import default_cache_dir
+
+    return (args.cache_dir or default_cache_dir()) if args.use_cache else None
+
+
+def _add_progress(group) -> None:
+    group.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="no progress bars (e.g. in CI logs)")
+
+
+def _add_batch_size(group) -> None:
+    """The one --batch-size of the commands that compute Grad-CAM."""
+    from mammography.cam.sweep import DEFAULT_BATCH_SIZE
+
+    group.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
+                       help="images per Grad-CAM batch (e.g. --batch-size 64 on a GPU)")
+
+
+def _add_method(group) -> None:
+    group.add_argument("--method", default="gradcam",
+                       help="CAM method: gradcam, gradcam++, hirescam, xgradcam or layercam (e.g. --method layercam)")
+
+
+def _add_layers(group, use: str) -> None:
+    """The one --layers flag (default: two intermediate depths and the final block); ``use`` says what for."""
+    from mammography.cam.sweep import DEFAULT_LAYERS
+
+    group.add_argument("--layers", action="extend", nargs="+", metavar="LAYER", default=None,
+                       help=f"CAM layers, shallow to deep, comma or space separated, or 'stages' for "
+                            f"features.0..8; {use} (default: {' '.join(DEFAULT_LAYERS)}; e.g. --layers "
+                            "features.6 features.8)")
+
+
+def _layers(args) -> list[str]:
+    from mammography.cam.layers import split_layer_args
+    from mammography.cam.sweep import DEFAULT_LAYERS
+
+    return split_layer_args(args.layers) or list(DEFAULT_LAYERS)
+
+
+def _add_cam_flags(group, layers_use: str) -> None:
+    """The flags of every command that computes Grad-CAM over runs, each defined once."""
+    _add_layers(group, layers_use)
+    _add_method(group)
+    _add_device(group)
+    _add_batch_size(group)
+    _add_num_workers(group)
+    _add_cache(group)
+    _add_progress(group)
+
+
 def _strip_lone_dashdash(argv: list[str]) -> list[str]:
     """Drop a lone ``--`` right after the sub-command.
 
@@ -286,11 +368,8 @@ def _add_training_flags(p, outdir_default: str) -> None:
     data.add_argument("--img-size", type=int, default=512, metavar="PX", help="side of the square model input")
     data.add_argument("--no-normalise-laterality", dest="normalise_laterality", action="store_false",
                       help="do not mirror right breasts (default: chest wall always on the left)")
-    data.add_argument("--cache-dir", type=_path, metavar="DIR",
-                      help="decoded-image cache (default: $MAMMOGRAPHY_CACHE or ~/.cache/mammography)")
-    data.add_argument("--no-cache", dest="use_cache", action="store_false",
-                      help="decode every image every epoch; write no cache")
-    data.add_argument("--num-workers", type=int, default=0, metavar="N", help="DataLoader worker processes")
+    _add_cache(data)
+    _add_num_workers(data)
     opt = p.add_argument_group("training")
     opt.add_argument("--seed", type=int, default=42, help="seed of the split, initialisation, shuffling and dropout")
     opt.add_argument("--epochs", type=int, default=10, metavar="N",
@@ -306,17 +385,18 @@ def _add_training_flags(p, outdir_default: str) -> None:
     opt.add_argument("--pretrained-weights", type=_path, metavar="FILE",
                      help="local backbone weights to start from (nothing is downloaded)")
     _add_device(opt)
-    opt.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    _add_progress(opt)
 
 
 def _training_config(args):
+    from mammography.machine import resolve_num_workers
     from mammography.training.train import TrainConfig
 
     return TrainConfig(
         csv=args.csv, outdir=args.outdir, dicom_root=args.dicom_root, seed=args.seed, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, img_size=args.img_size,
         val_frac=getattr(args, "val_frac", 0.2), save_best=args.save_best, device=args.device,
-        num_workers=args.num_workers, cache_dir=args.cache_dir, use_cache=args.use_cache,
+        num_workers=resolve_num_workers(args.num_workers), cache_dir=args.cache_dir, use_cache=args.use_cache,
         normalise_laterality=args.normalise_laterality, pretrained_weights=args.pretrained_weights,
         limit=args.limit, use_manifest_split=getattr(args, "use_manifest_split", False),
         split_seed=getattr(args, "split_seed", None), class_weighted=args.class_weighted, progress=args.progress,
@@ -406,12 +486,17 @@ def _add_explain(sub):
         help="compute Grad-CAM maps for every validation image of a run and store them",
         description=(
             "Compute class activation maps for every image in a run's val_predictions.csv, in batches,\n"
-            "with the run's own input size, normalisation and laterality rule. Writes per run:\n"
-            "  cam_<method>.npz              low-resolution maps per layer (e.g. 16x16 for features.8 at\n"
-            "                                512 px), logits, probabilities, explained classes and each\n"
-            "                                image's geometry, compressed; redraw figures without the model\n"
+            "with the run's own input size, normalisation and laterality rule, and write per run:\n"
+            "  cam_<method>/                 the sweep record: record.json (provenance: checkpoint SHA-256,\n"
+            "                                preprocessing, method, layers, target), images.parquet\n"
+            "                                (recomputed prediction, probabilities, logits, explained class,\n"
+            "                                geometry per image) and maps.zarr (low-resolution maps per\n"
+            "                                layer, e.g. 16x16 for features.8 at 512 px; read lazily)\n"
             "  cam_<method>_predictions.csv  recomputed prediction per image next to the run's stored one\n"
-            "into OUT/<run id>. A cross-validation root means each of its folds (OUT/<root>__fold_<n>)."
+            "into OUT/<run id>. A cross-validation root means each of its folds (OUT/<root>__fold_<n>).\n"
+            "The same record is kept in the cache (--cache-dir): a later explain, analyze, report-pack or\n"
+            "explore of the same checkpoint, preprocessing, method and images reads it instead of\n"
+            "computing the maps again (a record of more layers serves fewer)."
         ),
         epilog=(
             "examples:\n"
@@ -425,44 +510,30 @@ def _add_explain(sub):
                         "(e.g. --run results_4)")
     p.add_argument("--outputs-root", type=_path, default=Path("outputs"), metavar="DIR",
                    help="where relative run names are looked up (e.g. --outputs-root /data/outputs)")
-    p.add_argument("--layers", action="extend", nargs="+", metavar="NAME",
-                   help="target layers: names (comma or space separated) or 'stages' for features.0..8 "
-                        "(default: features.8; e.g. --layers features.6 features.8)")
-    p.add_argument("--method", default="gradcam",
-                   help="gradcam, gradcam++, hirescam, xgradcam or layercam (e.g. --method layercam)")
     p.add_argument("--target", default="predicted", metavar="CLASS",
                    help="class each map explains: predicted, true, all (every class), or a class 1..4 / A..D "
                         "(e.g. --target true)")
     p.add_argument("--out", type=_path, default=Path("outputs/explanations"), metavar="DIR",
                    help="output folder; each run gets OUT/<run id> (e.g. --out Article/cams)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch (e.g. 32 on a GPU)")
-    _add_device(p)
     p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none",
                    help="mixed precision for the forward pass on a GPU (e.g. --autocast bf16)")
-    p.add_argument("--cache-dir", type=_path, metavar="DIR",
-                   help="decoded-image cache (default: $MAMMOGRAPHY_CACHE or ~/.cache/mammography)")
-    p.add_argument("--no-cache", dest="use_cache", action="store_false", help="decode every image, write no cache")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    _add_cam_flags(p, "the maps of every one are stored")
     p.set_defaults(handler=_run_explain, cam_heavy=True)
 
 
 def _run_explain(args) -> int:
     from mammography.cam.explain import explain_runs, parse_target
-    from mammography.data.dataset import default_cache_dir
 
-    layers = [name for item in (args.layers or []) for name in item.split(",") if name] or None
-    if layers is not None and len(layers) == 1:
-        layers = layers[0]
     outputs = explain_runs(
-        args.runs, layers, args.method, args.out, outputs_root=args.outputs_root,
+        args.runs, _layers(args), args.method, args.out, outputs_root=args.outputs_root,
         targets=parse_target(args.target), batch_size=args.batch_size, device=args.device,
-        autocast=None if args.autocast == "none" else args.autocast,
-        cache_dir=(args.cache_dir or default_cache_dir()) if args.use_cache else None, progress=args.progress,
+        autocast=None if args.autocast == "none" else args.autocast, cache_dir=_cache_dir(args),
+        num_workers=args.num_workers, progress=args.progress,
     )
     for out in outputs:
         print(f"{out.run_id}: {out.n_images} images, {out.method} at {', '.join(out.layers)}")
         print(out.check.message())
-        print(f"wrote {out.npz_path}")
+        print(f"wrote {out.record_path}/ (sweep record)")
         print(f"wrote {out.csv_path}")
     return 0
 
@@ -527,9 +598,9 @@ def _add_analyze(sub):
                      help="write the numbers and tables only (e.g. on a headless cluster)")
     out.add_argument("--colormap", default="jet", help="colour map of the figures (e.g. --colormap turbo)")
     cam = p.add_argument_group("maps")
-    cam.add_argument("--method", default="gradcam",
-                     help="CAM method: gradcam, gradcam++, hirescam, xgradcam or layercam (e.g. --method hirescam)")
-    cam.add_argument("--layer", metavar="NAME", help="target layer (default: the last conv block, features.8)")
+    _add_layers(cam, "the last (deepest) is measured, all are stored for later commands")
+    cam.add_argument("--layer", dest="layers", action="append", help=argparse.SUPPRESS)  # the earlier flag
+    _add_method(cam)
     cam.add_argument("--analysis-size", type=int, default=256, metavar="PX",
                      help="longer side of the grid the maps and masks are compared on (e.g. --analysis-size 512)")
     cam.add_argument("--max-images", type=int, metavar="N",
@@ -571,10 +642,10 @@ def _add_analyze(sub):
     extra.add_argument("--seed", type=int, default=0, help="seed of the samples, random orders and bootstrap")
     comp = p.add_argument_group("computation")
     _add_device(comp)
-    comp.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per Grad-CAM batch")
-    comp.add_argument("--cache-dir", type=_path, metavar="DIR",
-                      help="decoded-image cache (default: $MAMMOGRAPHY_CACHE or ~/.cache/mammography)")
-    comp.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    _add_batch_size(comp)
+    _add_num_workers(comp)
+    _add_cache(comp)
+    _add_progress(comp)
     p.set_defaults(handler=_run_analyze, cam_heavy=True)
 
 
@@ -583,12 +654,12 @@ def _run_analyze(args) -> int:
     from mammography.analysis.run_analysis import AnalysisOptions, analyze_runs
     from mammography.analysis.spurious import SpuriousThresholds
     from mammography.atomic import OutputLock
-    from mammography.data.dataset import default_cache_dir
-    from mammography.report.analysis_tables import write_analysis_report
+    from mammography.report.analysis_report import write_analysis_report
 
+    layers = _layers(args)
     options = AnalysisOptions(
-        method=args.method, layer=args.layer, analysis_size=args.analysis_size, batch_size=args.batch_size,
-        device=args.device, cache_dir=args.cache_dir or default_cache_dir(), roi_dir=args.roi_dir,
+        method=args.method, layer=layers[-1], analysis_size=args.analysis_size, batch_size=args.batch_size,
+        device=args.device, cache_dir=_cache_dir(args), roi_dir=args.roi_dir,
         manifest=args.manifest, dense_source=args.dense_source, max_images=args.max_images,
         marker_occlusion=args.marker_occlusion,
         spurious=SpuriousThresholds(outside_breast_ratio=args.outside_ratio, border_ratio=args.border_ratio,
@@ -603,7 +674,7 @@ def _run_analyze(args) -> int:
     # the folder is locked before any map is computed; every file is written at the end, or none
     with OutputLock(folders=[args.out], command="mammography analyze") as lock:
         result = analyze_runs(args.runs, options, args.out, thresholds=thresholds, outputs_root=args.outputs_root,
-                              write=False)
+                              write=False, layers=layers, num_workers=args.num_workers)
         write_analysis_report(result, figures=args.figures, colormap=args.colormap, with_analysis=True,
                               journal=lock.journal(args.out))
     for label, analysis in zip(result.labels, result.analyses):
@@ -690,11 +761,8 @@ def _add_report_pack(sub):
                      help="which validation images: confident = most confident correct predictions, then the "
                           "rest by confidence; typical = closest to the class median; errors = misclassified "
                           "first; random = seeded by the run's seed (e.g. --select errors)")
-    fig.add_argument("--method", default="gradcam",
-                     help="CAM method: gradcam, gradcam++, hirescam, xgradcam or layercam (e.g. --method layercam)")
-    fig.add_argument("--layers", nargs="+", default=["features.4", "features.6", "features.8"], metavar="LAYER",
-                     help="layers of the layer-wise figure; the class figures use the last one "
-                          "(e.g. --layers features.6 features.8, or --layers stages)")
+    _add_method(fig)
+    _add_layers(fig, "the rows of the layer-wise figure; the class figures use the last one")
     fig.add_argument("--fuse", choices=("mean", "layercam"), default="mean",
                      help="how the layer-wise figure fuses the layers: mean of the normalised maps, or "
                           "LayerCAM's tanh-scaled maximum (e.g. --fuse layercam)")
@@ -703,20 +771,17 @@ def _add_report_pack(sub):
     fig.add_argument("--alpha", type=float, default=0.4,
                      help="heatmap opacity over the mammogram, 0-1 (e.g. --alpha 0.5)")
     run = p.add_argument_group("computation")
-    _add_device(run)
-    run.add_argument("--batch-size", type=int, default=8, metavar="N",
-                     help="images per Grad-CAM batch (e.g. --batch-size 32 on a GPU)")
     run.add_argument("--strict", action="store_true",
                      help="stop without writing anything (exit status 2) when a checkpoint's recomputed "
                           "predictions disagree with its val_predictions.csv (e.g. before submitting)")
-    run.add_argument("--cache-dir", type=_path, metavar="DIR",
-                     help="decoded-image cache (default: $MAMMOGRAPHY_CACHE or ~/.cache/mammography); "
-                          "e.g. --cache-dir /scratch/mammo-cache")
     run.add_argument("--site", action="store_true",
                      help="also write the interactive explorer over every validation image of the --run "
-                          "runs to ASSETS_DIR/explorer (as mammography explore does)")
-    run.add_argument("--no-progress", dest="progress", action="store_false",
-                     help="no progress bars (e.g. in CI logs)")
+                          "runs to ASSETS_DIR/explorer (as mammography explore does, from the same maps)")
+    _add_device(run)
+    _add_batch_size(run)
+    _add_num_workers(run)
+    _add_cache(run)
+    _add_progress(run)
     att = p.add_argument_group("attention analysis")
     att.add_argument("--no-analysis", dest="analysis", action="store_false",
                      help="skip the attention analysis (consistency, spurious attention, localisation, patterns)")
@@ -732,19 +797,22 @@ def _add_report_pack(sub):
 def _run_report_pack(args) -> int:
     import dataclasses
 
+    from mammography.cam.store import MemoryStore
     from mammography.report.pack import ReportOptions, command_line, report_pack
 
-    layers = tuple(name for item in args.layers for name in item.split(",") if name)
+    layers = tuple(_layers(args))
     options = ReportOptions(
         assets_dir=args.assets_dir, tex=args.tex, markdown=args.markdown, article_dir=args.article_dir,
         per_class=args.per_class, select=args.select, method=args.method, layers=layers, fuse=args.fuse,
         colormap=args.colormap, alpha=args.alpha, device=args.device, batch_size=args.batch_size,
-        strict=args.strict, cache_dir=args.cache_dir, progress=args.progress, analysis=args.analysis,
-        roi_dir=args.roi_dir, manifest=args.manifest, faithfulness=args.faithfulness,
+        num_workers=args.num_workers, strict=args.strict, cache_dir=_cache_dir(args), progress=args.progress,
+        analysis=args.analysis, roi_dir=args.roi_dir, manifest=args.manifest, faithfulness=args.faithfulness,
         faithfulness_images=args.faithfulness_images, layout=args.layout,
     )
     options = dataclasses.replace(options, command=command_line(args.runs, args.cv_runs, options))
-    result = report_pack(args.runs, args.cv_runs, options, outputs_root=args.outputs_root)
+    # the explorer of --site reads the pack's sweeps: from the cache's record store, or without a cache from memory
+    store = MemoryStore() if args.site and options.cache_dir is None else None
+    result = report_pack(args.runs, args.cv_runs, options, outputs_root=args.outputs_root, store=store)
     for check in result.checks:
         print(check.message())
     for line in result.warnings:
@@ -767,8 +835,9 @@ def _run_report_pack(args) -> int:
         from mammography.web import build_explorer
 
         site = build_explorer(args.runs, options.assets_dir / "explorer", layers=layers, method=args.method,
-                              device=args.device, batch_size=args.batch_size, cache_dir=args.cache_dir,
-                              outputs_root=args.outputs_root, progress=args.progress)
+                              device=args.device, batch_size=args.batch_size, cache_dir=options.cache_dir,
+                              store=store, num_workers=args.num_workers, outputs_root=args.outputs_root,
+                              progress=args.progress)
         print(f"wrote the explorer: open {site.index.resolve().as_uri()}")
     return 0
 
@@ -809,17 +878,8 @@ def _add_explore(sub):
                    help="where relative run names are looked up")
     p.add_argument("--serve", action="store_true", help="serve the site on 127.0.0.1 after writing it")
     p.add_argument("--port", type=int, default=8000, help="port for --serve (0 = any free port)")
-    p.add_argument("--layers", nargs="+", default=["features.4", "features.6", "features.8"], metavar="LAYER",
-                   help="CAM layers, shallow to deep; the last is the final block, shown first and used "
-                        "for the attention numbers (e.g. --layers features.6 features.8, or --layers stages)")
-    p.add_argument("--method", default="gradcam",
-                   help="CAM method: gradcam, gradcam++, hirescam, xgradcam or layercam")
     p.add_argument("--title", help="page title (default names the runs)")
-    _add_device(p)
-    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per Grad-CAM batch")
-    p.add_argument("--cache-dir", type=_path, metavar="DIR",
-                   help="decoded-image cache; unset: $MAMMOGRAPHY_CACHE or ~/.cache/mammography")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    _add_cam_flags(p, "the last is the final block, shown first and used for the attention numbers")
     p.set_defaults(handler=_run_explore, cam_heavy=True)
 
 
@@ -835,11 +895,9 @@ def _run_explore(args) -> int:
 
         check_int(args.port, "--port", 0, 65535)  # before the site is built, not after
     if args.runs:
-        from mammography.data.dataset import default_cache_dir
-
         summary = build_explorer(
-            args.runs, args.out, layers=args.layers, method=args.method, device=args.device,
-            batch_size=args.batch_size, cache_dir=args.cache_dir or default_cache_dir(),
+            args.runs, args.out, layers=_layers(args), method=args.method, device=args.device,
+            batch_size=args.batch_size, cache_dir=_cache_dir(args), num_workers=args.num_workers,
             outputs_root=args.outputs_root, title=args.title, progress=args.progress,
         )
         print(f"wrote {summary.path} ({summary.n_images} images, {summary.n_files} files, "

@@ -92,11 +92,14 @@ __all__ = [
     "PredictionCheck",
     "Run",
     "StoredPredictions",
+    "as_run",
+    "expand_folds",
     "is_cv_root",
     "load_cv_run",
     "load_run",
     "metrics_differ",
     "normalise_metrics",
+    "open_runs",
     "resolve_runs",
 ]
 
@@ -1172,3 +1175,52 @@ def resolve_runs(specs, outputs_root: str | Path = Path("outputs")) -> list[Path
                 found.append(match)
     return found
 
+
+
+def as_run(run) -> Run:
+    """``run`` itself when it is a :class:`Run`, else :func:`load_run` of it (a path)."""
+    return run if isinstance(run, Run) else load_run(run)
+
+
+def open_runs(specs, outputs_root: str | Path = Path("outputs"), *, cv_only: bool = False) -> list[Run | CVRun]:
+    """The runs named by ``--run`` arguments: a :class:`Run` per run directory, a
+    :class:`CVRun` per cross-validation root, in the order given.
+
+    The one place run specs are expanded; :func:`expand_folds` turns the
+    result into the runs to explain.
+
+    Parameters
+    ----------
+    specs : paths, names under ``outputs_root`` or globs (see
+        :func:`resolve_runs`), and :class:`Run` / :class:`CVRun` objects, which
+        are kept as they are.
+    outputs_root : where relative names are looked up.
+    cv_only : every directory must be a cross-validation root (``--cv-run``).
+
+    What the files made worth knowing (:attr:`Run.notes`, :attr:`CVRun.notes`,
+    the folds' notes) is logged as warnings, once per run.
+    """
+    import logging
+
+    specs = [specs] if isinstance(specs, (str, Path, Run, CVRun)) else list(specs)
+    out: list[Run | CVRun] = []
+    seen: set[Path] = set()
+    for spec in specs:
+        if isinstance(spec, (Run, CVRun)):
+            out.append(spec)
+            continue
+        for path in resolve_runs([spec], outputs_root=outputs_root):
+            if path not in seen:
+                seen.add(path)
+                out.append(load_cv_run(path) if cv_only or is_cv_root(path) else load_run(path))
+    log = logging.getLogger(__name__)
+    for item in out:
+        folds = item.folds if isinstance(item, CVRun) else []
+        for note in [*item.notes, *(n for fold in folds for n in fold.notes)]:
+            log.warning("%s", note)
+    return out
+
+
+def expand_folds(items) -> list[Run]:
+    """Runs of :func:`open_runs`' result with every cross-validation root replaced by its folds."""
+    return [run for item in items for run in (item.folds if isinstance(item, CVRun) else [item])]

@@ -631,12 +631,6 @@ def image_regions(
 # ---------------------------------------------------------------------------
 
 
-def _device(name: str) -> torch.device:
-    from mammography.training.train import resolve_device
-
-    return resolve_device(name)
-
-
 def _sample(n: int, k: int, seed: int, paths: list[str]) -> np.ndarray:
     """``k`` image indices drawn without replacement, reproducibly (independent of row order)."""
     order = np.argsort(np.asarray(paths, dtype=str), kind="stable")
@@ -649,33 +643,44 @@ def _image_areas(dataset, idx: np.ndarray) -> torch.Tensor:
     return torch.stack([torch.from_numpy(dataset.geometry(int(i)).image_area()) for i in idx])
 
 
-def analyze_run(run, options: AnalysisOptions = AnalysisOptions(), out_dir: str | Path | None = None) -> RunAnalysis:
+def analyze_run(run, options: AnalysisOptions = AnalysisOptions(), out_dir: str | Path | None = None, *,
+                layers=None, num_workers=None, store=None) -> RunAnalysis:
     """Analyse one run's attention over all its validation images.
 
     Parameters
     ----------
     run : a run directory (str / Path) or a :class:`mammography.runs.Run`.
-    options : :class:`AnalysisOptions`.
+    options : :class:`AnalysisOptions`; ``options.layer`` is measured.
     out_dir : when given, the files of :meth:`RunAnalysis.write` are written there.
+    layers : the layers to get from the sweep (default: ``options.layer``
+        alone); more make the stored record serve later commands.
+    num_workers : image-decoding processes of the sweep (``None``: a number that suits the machine).
+    store : where sweep records are found and kept (default: the record store
+        of ``options.cache_dir``; see :func:`mammography.cam.sweep.run_maps`).
 
     Returns
     -------
     RunAnalysis
     """
-    from mammography.cam.sweep import sweep_run
-    from mammography.runs import load_run
+    from mammography.cam.layers import density_layer_names
+    from mammography.cam.sweep import run_maps
+    from mammography.machine import resolve_device
+    from mammography.runs import as_run
 
     options.validate()
-    run = load_run(run) if isinstance(run, (str, Path)) else run
+    run = as_run(run)
     t0 = time.perf_counter()
     predictions, rows = _select_rows(run.predictions, options)
-    device = _device(options.device)
-    model = run.load_model(device=device)
-    sweep = sweep_run(run, options.layer, options.method, batch_size=options.batch_size, device=device,
-                      cache_dir=options.cache_dir, progress=options.progress, model=model, rows=rows)
+    device = resolve_device(options.device)
+    model = run.load_model(device=device)  # for the marker occlusion, and the sweep when no record serves
+    layer = density_layer_names(options.layer)[-1]
+    wanted = list(dict.fromkeys([*density_layer_names(layers or [layer]), layer]))
+    sweep = run_maps(run, wanted, options.method, batch_size=options.batch_size, device=device,
+                     cache_dir=options.cache_dir, store=store, num_workers=num_workers, progress=options.progress,
+                     model=model, rows=rows)
     t_cam = time.perf_counter() - t0
     check = run.check_predictions(sweep.probs, rows=rows)
-    result = analyze_maps(run, run.dataset(options.cache_dir, rows=rows), sweep.maps[sweep.layers[-1]], sweep.probs,
+    result = analyze_maps(run, run.dataset(options.cache_dir, rows=rows), sweep.maps[layer], sweep.probs,
                           model=model, options=options, predictions=predictions, check=check)
     result.summary["timings"]["cam_seconds"] = round(t_cam, 3)
     if out_dir is not None:
@@ -1095,25 +1100,6 @@ class AnalyzeResult:
         return files
 
 
-def _expand_runs(run_specs, outputs_root) -> list:
-    from mammography.runs import is_cv_root, load_cv_run, load_run, resolve_runs
-
-    runs = []
-    for path in resolve_runs(run_specs, outputs_root=outputs_root):
-        if is_cv_root(path):
-            cv = load_cv_run(path)
-            for note in cv.notes:
-                log.warning("%s", note)
-            runs.extend(cv.folds)
-        else:
-            runs.append(load_run(path))
-    for note in [n for run in runs for n in run.notes]:
-        log.warning("%s", note)
-    if not runs:
-        raise ConfigError("no run to analyse; give at least one --run")
-    return runs
-
-
 def analyze_runs(
     run_specs,
     options: AnalysisOptions = AnalysisOptions(),
@@ -1122,6 +1108,9 @@ def analyze_runs(
     thresholds: ConsistencyThresholds = ConsistencyThresholds(),
     outputs_root: str | Path = Path("outputs"),
     write: bool = True,
+    layers=None,
+    num_workers=None,
+    store=None,
 ) -> AnalyzeResult:
     """``mammography analyze``: analyse every run, then compare them when they share images.
 
@@ -1140,15 +1129,17 @@ def analyze_runs(
         end or none, under the folder's lock taken before any map is
         computed (:mod:`mammography.atomic`). ``False`` computes only (a
         caller that adds files of its own commits them all together).
+    layers, num_workers, store : as for :func:`analyze_run`.
     """
     from mammography.atomic import FileBatch, OutputLock
 
     options.validate()
     out = Path(out_dir)
+    sweep = {"layers": layers, "num_workers": num_workers, "store": store}
     if not write:
-        return _analyze_runs(run_specs, options, out, thresholds, outputs_root)
+        return _analyze_runs(run_specs, options, out, thresholds, outputs_root, sweep)
     with OutputLock(folders=[out], command="mammography analyze") as lock:
-        result = _analyze_runs(run_specs, options, out, thresholds, outputs_root)
+        result = _analyze_runs(run_specs, options, out, thresholds, outputs_root, sweep)
         batch = FileBatch()
         for path, data in result.files().items():
             batch.add(path, data)
@@ -1156,12 +1147,17 @@ def analyze_runs(
     return result
 
 
-def _analyze_runs(run_specs, options: AnalysisOptions, out: Path, thresholds, outputs_root) -> AnalyzeResult:
-    runs = _expand_runs(run_specs, outputs_root)
+def _analyze_runs(run_specs, options: AnalysisOptions, out: Path, thresholds, outputs_root,
+                  sweep: dict) -> AnalyzeResult:
+    from mammography.runs import expand_folds, open_runs
+
+    runs = expand_folds(open_runs(run_specs, outputs_root=outputs_root))
+    if not runs:
+        raise ConfigError("no run to analyse; give at least one --run")
     labels = run_labels(runs)
     result = AnalyzeResult(analyses=[], labels=labels, consistency=None, out_dir=out)
     for run in runs:
-        result.analyses.append(analyze_run(run, options))
+        result.analyses.append(analyze_run(run, options, **sweep))
     if len(runs) >= 2:
         shared = set.intersection(*(set(a.image_paths) for a in result.analyses))
         if shared:

@@ -1,15 +1,18 @@
-"""``mammography explain``: the sweep over a run, stored once for all later figures.
+"""``mammography explain``: a run's sweep record, written where the user wants it.
 
-``mammography explain --run R`` reads the run (:func:`mammography.runs.load_run`),
-runs :func:`mammography.cam.sweep.sweep_run` over every image in its
-``val_predictions.csv`` (each made into exactly the input the run's model was
-trained on) and writes
+``mammography explain --run R`` reads the run (:func:`mammography.runs.open_runs`),
+gets its maps from :func:`mammography.cam.sweep.run_maps` (the stored record of
+an earlier command when it matches, else a sweep over every image in its
+``val_predictions.csv``, each made into exactly the input the run's model was
+trained on) and writes into ``OUT/<run id>/``:
 
-* ``cam_<method>.npz`` (compressed): the low-resolution maps per layer with
-  logits, probabilities, the explained classes, each image's geometry and the
-  provenance (checkpoint hash, preprocessing record); see
-  :mod:`mammography.cam.sweep` for the keys; read it back with
-  :func:`load_explanations`;
+* ``cam_<method>/``: the sweep record (:mod:`mammography.cam.record`):
+  ``record.json`` (provenance: checkpoint hash, preprocessing record,
+  method, layers, target), ``images.parquet`` (per image: recomputed
+  prediction, probabilities, logits, the explained class, geometry) and
+  ``maps.zarr`` (the low-resolution maps per layer, chunked; read lazily);
+  read it back with :func:`load_explanations` or
+  :func:`mammography.cam.record.load_record`;
 * ``cam_<method>_predictions.csv``: one row per image with the recomputed
   prediction (what the map explains), and the run's stored prediction beside
   it where :meth:`mammography.runs.Run.check_predictions` says they differ.
@@ -17,7 +20,6 @@ trained on) and writes
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ import torch
 
 from mammography.atomic import FileBatch, OutputLock
 from mammography.cam.layers import LayerSpec
-from mammography.cam.sweep import RunMaps, load_run_maps, parse_target, sweep_run, target_mode_name
+from mammography.cam.sweep import RunMaps, parse_target, run_maps, target_mode_name
 from mammography.csvfiles import csv_bytes
 from mammography.data.labels import CLASS_LETTERS
 from mammography.limits import MAX_BATCH_SIZE, check_int
@@ -47,11 +49,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: where archives go when no folder is given: one sub-folder per run id
+#: where records go when no folder is given: one sub-folder per run id
 DEFAULT_OUT = Path("outputs/explanations")
-#: an explain archive read back is the sweep's record
+#: an explain record read back is the sweep's maps
 Explanations = RunMaps
-load_explanations = load_run_maps
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class ExplainOutput:
     Attributes
     ----------
     run_id : the run's id.
-    npz_path : the compressed archive of maps, logits and probabilities.
+    record_path : the sweep record folder (maps, logits, probabilities, provenance).
     csv_path : per-image predictions.
     n_images : number of validation images explained.
     n_agree : images whose recomputed prediction agrees with the run's stored one.
@@ -71,7 +72,7 @@ class ExplainOutput:
     """
 
     run_id: str
-    npz_path: Path
+    record_path: Path
     csv_path: Path
     n_images: int
     n_agree: int
@@ -87,10 +88,23 @@ def run_folder_name(run_id: str) -> str:
 
 
 def explanation_paths(out_dir: str | Path, method: str) -> tuple[Path, Path]:
-    """(npz, csv) file paths :func:`explain_run` uses in ``out_dir`` for ``method``."""
+    """(record folder, predictions csv) :func:`explain_run` writes in ``out_dir`` for ``method``."""
     safe = method.replace("+", "p")  # gradcam++ -> gradcampp: no '+' in file names
     out_dir = Path(out_dir)
-    return out_dir / f"cam_{safe}.npz", out_dir / f"cam_{safe}_predictions.csv"
+    return out_dir / f"cam_{safe}", out_dir / f"cam_{safe}_predictions.csv"
+
+
+def load_explanations(path: str | Path, layers=None) -> RunMaps:
+    """Read the record :func:`explain_run` wrote (its ``cam_<method>`` folder) into memory.
+
+    Raises
+    ------
+    RunError
+        No complete record there.
+    """
+    from mammography.cam.record import load_record
+
+    return load_record(path).to_run_maps(layers)
 
 
 def explain_run(
@@ -100,23 +114,30 @@ def explain_run(
     out_dir: str | Path | None = None,
     *,
     targets: str | int = "predicted",
-    batch_size: int = 8,
+    batch_size: int = 16,
     device: str | torch.device = "auto",
     autocast: str | None = None,
     cache_dir: str | Path | None = None,
+    store=None,
+    num_workers: int | str | None = None,
     progress: bool = True,
 ) -> ExplainOutput:
-    """Compute and store CAMs for every validation image of a run.
+    """Get and store the maps of every validation image of a run.
 
-    The sweep (:func:`mammography.cam.sweep.sweep_run`, whose parameters
-    ``layers``, ``method``, ``targets``, ``batch_size``, ``device``,
-    ``autocast``, ``cache_dir`` and ``progress`` these are) plus saving it.
+    :func:`mammography.cam.sweep.run_maps` (whose parameters ``layers``,
+    ``method``, ``targets``, ``batch_size``, ``device``, ``autocast``,
+    ``cache_dir``, ``store``, ``num_workers`` and ``progress`` these are)
+    plus writing its record.
 
     Parameters
     ----------
     run : a run directory (str / Path) or a :class:`mammography.runs.Run`.
-    out_dir : folder for the two files; default ``outputs/explanations/<run id>``
-        (see :func:`run_folder_name`); the run directory itself is never written.
+    out_dir : folder for the record and the CSV; default
+        ``outputs/explanations/<run id>`` (see :func:`run_folder_name`); the
+        run directory itself is never written.
+    cache_dir : decoded-image cache; its record store
+        (:func:`~mammography.cam.store.open_store`) is read and written unless
+        ``store`` is given. ``None``: neither.
 
     Returns
     -------
@@ -130,33 +151,40 @@ def explain_run(
         The output folder cannot be written or another process writes it
         (checked before any map is computed); nothing is written then.
     """
-    from mammography.runs import Run, load_run
+    from mammography.runs import as_run
 
     target_mode_name(targets)
     check_int(batch_size, "batch size", 1, MAX_BATCH_SIZE)
-    run = run if isinstance(run, Run) else load_run(run)
+    run = as_run(run)
     target_dir = Path(out_dir) if out_dir is not None else DEFAULT_OUT / run_folder_name(run.run_id)
     with OutputLock(folders=[target_dir], command="mammography explain") as lock:
         batch = FileBatch()
         output = _explain(batch, run, layers, method, target_dir, targets=targets, batch_size=batch_size,
-                          device=device, autocast=autocast, cache_dir=cache_dir, progress=progress)
+                          device=device, autocast=autocast, cache_dir=cache_dir, store=store,
+                          num_workers=num_workers, progress=progress)
         batch.commit(lock.journal(target_dir))
     return output
 
 
-def _explain(batch: FileBatch, run, layers, method, target_dir: Path, **sweep_options) -> ExplainOutput:
-    """Sweep one run and stage its two files in ``batch``."""
-    maps = sweep_run(run, layers, method, **sweep_options)
-    npz_path, csv_path = explanation_paths(target_dir, maps.method)
+def _explain(batch: FileBatch, run, layers, method, target_dir: Path, **options) -> ExplainOutput:
+    """The maps of one run; stage its record and CSV in ``batch``."""
+    from mammography.cam.record import record_files
+
+    maps = run_maps(run, layers, method, **options)
+    record_path, csv_path = explanation_paths(target_dir, maps.method)
     check = run.check_predictions(maps.probs)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **maps.arrays())
-    batch.add(npz_path, buffer.getvalue())
+    files = record_files(maps)
+    for name, data in files.items():
+        batch.add(record_path / name, data)
+    if record_path.is_dir():  # files of the previous record that this one does not have
+        for old in record_path.rglob("*"):
+            if old.is_file() and old.relative_to(record_path).as_posix() not in files:
+                batch.remove(old, prune_up_to=record_path)
     batch.add(csv_path, csv_bytes(prediction_table(run, maps, check)))
     (log.warning if check.n_disagree else log.debug)("%s", check.message())
     return ExplainOutput(
         run_id=run.run_id,
-        npz_path=npz_path,
+        record_path=record_path,
         csv_path=csv_path,
         n_images=len(maps),
         n_agree=check.n_images - check.n_disagree,
@@ -180,7 +208,7 @@ def explain_runs(
     Parameters
     ----------
     specs : run directories, names under the outputs folder or globs (see
-        :func:`mammography.runs.resolve_runs`); a cross-validation root
+        :func:`mammography.runs.open_runs`); a cross-validation root
         stands for each of its folds.
     layers, method, kwargs : as for :func:`explain_run`.
     out_dir : each run's files go to ``out_dir/<run id>`` (see :func:`run_folder_name`).
@@ -189,25 +217,15 @@ def explain_runs(
     All runs' files are written together at the end, or none (see
     :mod:`mammography.atomic`); the output folder is locked from the start.
     """
-    from mammography.runs import is_cv_root, load_cv_run, load_run, resolve_runs
+    from mammography.runs import expand_folds, open_runs
 
-    kwargs = {"targets": "predicted", "batch_size": 8, "device": "auto", "autocast": None, "cache_dir": None,
+    kwargs = {"targets": "predicted", "batch_size": 16, "device": "auto", "autocast": None, "cache_dir": None,
               "progress": True, **kwargs}
     target_mode_name(kwargs["targets"])
     check_int(kwargs["batch_size"], "batch size", 1, MAX_BATCH_SIZE)
     out_dir = Path(out_dir)
     with OutputLock(folders=[out_dir], command="mammography explain") as lock:
-        runs = []
-        for path in resolve_runs(specs, outputs_root=outputs_root):
-            if is_cv_root(path):
-                cv = load_cv_run(path)
-                for note in cv.notes:
-                    log.warning("%s", note)
-                runs += cv.folds
-            else:
-                runs.append(load_run(path))
-        for note in [n for run in runs for n in run.notes]:
-            log.warning("%s", note)
+        runs = expand_folds(open_runs(specs, outputs_root=outputs_root))
         batch = FileBatch()
         outputs = [_explain(batch, run, layers, method, out_dir / run_folder_name(run.run_id), **kwargs)
                    for run in runs]

@@ -9,6 +9,7 @@ A target layer is named by its dotted path in ``model.named_modules()``
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,7 +18,8 @@ from torch import nn
 
 from mammography.errors import ConfigError
 
-__all__ = ["TargetLayer", "resolve_layers", "default_layer_name", "stage_names", "LayerSpec"]
+__all__ = ["TargetLayer", "resolve_layers", "default_layer_name", "stage_names", "LayerSpec", "density_layer_names",
+           "split_layer_args"]
 
 #: what users may pass as ``layers``: None (automatic), a name, ``"stages"``,
 #: a module of the model, or a sequence of names / modules
@@ -94,6 +96,38 @@ def resolve_layers(model: nn.Module, layers: LayerSpec = None) -> list[TargetLay
             seen.add(name)
             out.append(TargetLayer(name, by_name[name]))
     return out
+
+
+def split_layer_args(values: Sequence[str] | str | None) -> list[str] | None:
+    """Layer names as a command line gives them (``--layers a,b c``) -> ``["a", "b", "c"]``; None stays None."""
+    if values is None:
+        return None
+    values = [values] if isinstance(values, str) else list(values)
+    return [name.strip() for item in values for name in str(item).split(",") if name.strip()] or None
+
+
+@functools.lru_cache(maxsize=1)
+def _density_probe() -> nn.Module:
+    from mammography.models import build_density_model
+
+    return build_density_model()
+
+
+def density_layer_names(layers: LayerSpec = None) -> list[str]:
+    """The layer names ``layers`` stands for on the density model (EfficientNet-B0), in order.
+
+    ``None`` is the final block (``features.8``), ``"stages"`` is
+    ``features.0`` .. ``features.8``; comma-separated items are split. Typos
+    are explained (see :func:`resolve_layers`). Every run's model has this
+    architecture, so the names are known before any checkpoint is read: a
+    stored record is matched by them.
+    """
+    if layers is not None and not isinstance(layers, nn.Module):
+        layers = split_layer_args(layers)
+        if layers is None:
+            raise ConfigError("no target layers given; name at least one (e.g. 'features.8') or use 'stages'")
+        layers = layers[0] if len(layers) == 1 else layers
+    return [t.name for t in resolve_layers(_density_probe(), layers)]
 
 
 def _unknown_layer_message(name: str, by_name: dict[str, nn.Module]) -> str:

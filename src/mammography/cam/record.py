@@ -24,7 +24,7 @@ maps).
     {"format": "mammography-run-record", "format_version": 1,
      "tool_version": "...", "n_images": N,
      "provenance": {"run_id", "run_path", "checkpoint_sha256", "preprocessing",
-                    "method", "layers", "target_mode"},
+                    "method", "layers", "target_mode", "autocast"},
      "maps": {"<layer>": {"shape": [...], "chunks": [...]}},
      "shards": null}
 
@@ -33,9 +33,13 @@ same ``record.json`` at its root with ``"shards": [{"id", "path",
 "n_images"}, ...]`` (in order) and one complete record folder per shard
 under ``shards/``; :func:`load_record` reads both kinds the same way.
 
+``autocast`` (``null`` = float32, ``"bf16"``, ``"fp16"``) was added after
+format version 1 was first written; a record without it is float32.
+
 Provenance decides reuse (:func:`matches`): a record stands for a new sweep
-of the same checkpoint (SHA-256), preprocessing record, CAM method and
-target mode whose layers it contains, over the same images.
+of the same checkpoint (SHA-256), preprocessing record, CAM method, target
+mode and precision whose layers it contains, over the same images. The
+record store (:mod:`mammography.cam.store`) keeps records between commands.
 
 The tables and maps are read on demand: :class:`StoredRecord` gives the
 predictions at once and each layer's maps as a Zarr array (sliced without
@@ -66,6 +70,7 @@ __all__ = [
     "StoredRecord",
     "load_record",
     "matches",
+    "record_files",
     "record_table",
     "write_record",
 ]
@@ -123,6 +128,7 @@ def _provenance(maps) -> dict:
         "method": maps.method,
         "layers": list(maps.layers),
         "target_mode": maps.target_mode,
+        "autocast": getattr(maps, "autocast", None),
     }
 
 
@@ -185,6 +191,21 @@ def write_record(maps, folder: str | Path) -> Path:
     return folder
 
 
+def record_files(maps) -> dict[str, bytes]:
+    """The files of ``maps``' record folder by relative POSIX path, ``record.json`` last
+    (for writers that commit several outputs together, e.g. through a
+    :class:`~mammography.atomic.FileBatch`). Same maps, same bytes."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mammography-record-") as tmp:
+        folder = Path(tmp) / "record"
+        info = _write_folder(maps, folder)
+        files = {p.relative_to(folder).as_posix(): p.read_bytes()
+                 for p in sorted(folder.rglob("*")) if p.is_file()}
+    files[RECORD_FILE] = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    return files
+
+
 @dataclass(eq=False)
 class StoredRecord:
     """A record read back: the table at once, the maps on demand.
@@ -232,7 +253,7 @@ class StoredRecord:
 
     def to_run_maps(self, layers: Sequence[str] | None = None):
         """The record as an in-memory :class:`~mammography.cam.sweep.RunMaps` (the given layers only)."""
-        from mammography.cam.sweep import RunMaps
+        from mammography.cam.runmaps import RunMaps
 
         t, p = self.table, self.provenance
         target_columns = [c for c in t.columns if c.startswith("target_")]
@@ -259,6 +280,7 @@ class StoredRecord:
             run_path=p["run_path"],
             checkpoint_sha256=p["checkpoint_sha256"],
             preprocessing=p["preprocessing"],
+            autocast=p.get("autocast"),
         )
 
 
@@ -291,7 +313,7 @@ def load_record(folder: str | Path) -> StoredRecord:
 
 
 def matches(record: StoredRecord, *, checkpoint_sha256: str, preprocessing: dict, method: str,
-            layers: Sequence[str], target_mode: str, image_paths: Sequence[str]) -> bool:
+            layers: Sequence[str], target_mode: str, image_paths: Sequence[str], autocast: str | None = None) -> bool:
     """True when ``record`` stands for a new sweep with these settings (module docstring)."""
     p = record.provenance
     return (
@@ -299,6 +321,7 @@ def matches(record: StoredRecord, *, checkpoint_sha256: str, preprocessing: dict
         and p.get("preprocessing") == preprocessing
         and p.get("method") == method
         and p.get("target_mode") == target_mode
+        and p.get("autocast") == autocast
         and set(layers) <= set(p.get("layers", ()))
         and record.table["image_path"].astype(str).tolist() == [str(x) for x in image_paths]
     )

@@ -1,251 +1,63 @@
 """One batched sweep over a run's validation images: predictions and CAMs together.
 
 Every command that needs a run's predictions or maps (``explain``,
-``analyze``, ``report-pack``, ``explore``) gets them from :func:`sweep_run`:
-the run's images are made into exactly the input its model was trained on
-(:meth:`mammography.runs.Run.dataset`, i.e. the run's preprocessing record),
-the model runs once per batch through the CAM engine, and the same forward
-pass gives the logits, the probabilities and the maps. The predictions a
-command shows are these *recomputed* ones -- what the heatmaps explain --
-with the run's stored prediction beside them only where
-:meth:`mammography.runs.Run.check_predictions` says the two differ.
+``analyze``, ``report-pack``, ``explore``) gets them from :func:`run_maps`:
+the stored record of an earlier sweep when its provenance matches
+(:mod:`mammography.cam.store`), else :func:`sweep_run`, whose record is then
+stored for the next command. In the sweep the run's images are made into
+exactly the input its model was trained on (:meth:`mammography.runs.Run.dataset`,
+i.e. the run's preprocessing record) by DataLoader worker processes (decoding
+and geometry), normalised on the model's device, and the model runs once per
+batch through the CAM engine: the same forward pass gives the logits, the
+probabilities and the maps. The predictions a command shows are these
+*recomputed* ones -- what the heatmaps explain -- with the run's stored
+prediction beside them only where :meth:`mammography.runs.Run.check_predictions`
+says the two differ.
 
 The result, :class:`RunMaps`, keeps the low-resolution maps (raw, as the
 engine computed them) with the provenance that decides whether it can be
 reused: checkpoint SHA-256, preprocessing record, method, layers, target
-mode. :meth:`RunMaps.save` / :func:`load_run_maps` write and read it as one
-compressed ``.npz`` (the ``explain`` archive).
-
-Archive keys
-------------
-``maps/<layer>`` float32 (N, h, w), or (N, 4, h, w) for ``targets="all"``;
-``logits``, ``probs`` float32 (N, 4); ``targets`` int64 (N,) or (N, 4),
-0-based; ``y_true`` int64 (N,) 1..4; ``image_path`` str (N,); ``layers`` str
-(L,); ``geometry_original_shape``, ``geometry_resized_shape``,
-``geometry_offset`` int64 (N, 2); ``geometry_flipped`` bool (N,); scalars
-``method``, ``target_mode``, ``run_id``, ``run_path``, ``checkpoint_sha256``,
-``img_size``, ``preprocessing`` (JSON of the record), ``format_version``;
-``mean``, ``std`` float64 (3,).
+mode, mixed precision. :func:`mammography.cam.record.write_record` stores it
+as a record folder (the ``explain`` output), read back with
+:func:`mammography.cam.record.load_record`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from mammography.cam.layers import LayerSpec
+from mammography.cam.layers import LayerSpec, density_layer_names
 from mammography.cam.methods import create_cam
-from mammography.cam.result import CAMResult, normalise_maps
+from mammography.cam.runmaps import RunMaps
 from mammography.data.labels import CLASS_LETTERS
-from mammography.errors import ConfigError, RunError
+from mammography.errors import ConfigError, MammographyError, RunError
 from mammography.io.geometry import Geometry
 
 __all__ = [
-    "FORMAT_VERSION",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_LAYERS",
     "RunMaps",
     "TARGET_MODES",
-    "load_run_maps",
+    "canonical_method",
     "parse_target",
+    "run_maps",
     "sweep_run",
     "target_mode_name",
 ]
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
 TARGET_MODES = ("predicted", "true", "all")
-
-
-@dataclass(eq=False)
-class RunMaps:
-    """Recomputed predictions and low-resolution CAMs of a run's validation images.
-
-    Attributes
-    ----------
-    maps : layer -> float32 (N, h, w) raw maps (or (N, 4, h, w) for every class).
-    logits, probs : float32 (N, 4), from the same forward pass.
-    targets : int64 (N,) or (N, 4), 0-based classes explained.
-    y_true : int64 (N,) BI-RADS labels 1..4.
-    image_paths : N absolute paths, in ``val_predictions.csv`` order.
-    geometries : one :class:`~mammography.io.geometry.Geometry` per image.
-    method, target_mode : what was computed.
-    run_id, run_path, checkpoint_sha256 : which checkpoint.
-    preprocessing : the run's preprocessing record (``Preprocessing.to_record()``).
-    """
-
-    maps: dict[str, np.ndarray]
-    logits: np.ndarray
-    probs: np.ndarray
-    targets: np.ndarray
-    y_true: np.ndarray
-    image_paths: list[str]
-    geometries: list[Geometry]
-    method: str
-    target_mode: str
-    run_id: str
-    run_path: str
-    checkpoint_sha256: str
-    preprocessing: dict = field(default_factory=dict)
-
-    # -- views ------------------------------------------------------------------
-    @property
-    def layers(self) -> tuple[str, ...]:
-        return tuple(self.maps)
-
-    @property
-    def img_size(self) -> int:
-        return int(self.preprocessing["img_size"])
-
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        return tuple(float(v) for v in self.preprocessing["mean"])
-
-    @property
-    def std(self) -> tuple[float, float, float]:
-        return tuple(float(v) for v in self.preprocessing["std"])
-
-    @property
-    def y_pred(self) -> np.ndarray:
-        """(N,) recomputed predicted classes, 1..4."""
-        return self.probs.argmax(axis=1).astype(np.int64) + 1
-
-    @property
-    def confidence(self) -> np.ndarray:
-        """(N,) probability of the recomputed predicted class."""
-        return self.probs.max(axis=1)
-
-    def __len__(self) -> int:
-        return len(self.image_paths)
-
-    def metrics(self) -> dict:
-        """``acc, kappa_quadratic, macro_f1, auc_ovr, bal_acc, bal_acc_adj`` of the
-        recomputed predictions (float or None), as training computes them."""
-        from mammography.training.metrics import SCALAR_METRICS, compute_metrics
-
-        if not len(self):
-            return {k: None for k in SCALAR_METRICS}
-        full = compute_metrics(self.y_true, self.y_pred, self.probs.astype(np.float64))
-        return {k: full[k] for k in SCALAR_METRICS}
-
-    def provenance(self) -> dict:
-        """What decides whether this record can stand for a new sweep."""
-        return {
-            "run_id": self.run_id,
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "preprocessing": self.preprocessing,
-            "method": self.method,
-            "layers": list(self.layers),
-            "target_mode": self.target_mode,
-        }
-
-    def normalised(self, layer: str | None = None) -> np.ndarray:
-        """float32 maps of ``layer`` (default: the deepest) min-max normalised per image."""
-        layer = layer or self.layers[-1]
-        return normalise_maps(torch.from_numpy(np.ascontiguousarray(self.maps[layer]))).numpy()
-
-    def result(self, indices: Sequence[int] | slice | None = None) -> CAMResult:
-        """The maps (all, or the selected images) as a :class:`CAMResult` on the
-        CPU, for its normalise / upsample / to_original / fuse helpers."""
-        sel = slice(None) if indices is None else indices
-        return CAMResult(
-            maps={n: torch.from_numpy(np.ascontiguousarray(m[sel])) for n, m in self.maps.items()},
-            logits=torch.from_numpy(np.ascontiguousarray(self.logits[sel])),
-            probs=torch.from_numpy(np.ascontiguousarray(self.probs[sel])),
-            targets=torch.from_numpy(np.ascontiguousarray(self.targets[sel])),
-            method=self.method,
-            input_size=(self.img_size, self.img_size),
-        )
-
-    # -- storage ------------------------------------------------------------------
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Everything as named numpy arrays (the archive's keys, module docstring)."""
-        g = self.geometries
-        return {
-            **{f"maps/{name}": m for name, m in self.maps.items()},
-            "logits": self.logits,
-            "probs": self.probs,
-            "targets": self.targets,
-            "y_true": self.y_true,
-            "image_path": np.asarray(self.image_paths, dtype=np.str_),
-            "layers": np.asarray(self.layers, dtype=np.str_),
-            "geometry_original_shape": np.asarray([x.original_shape for x in g], dtype=np.int64).reshape(-1, 2),
-            "geometry_resized_shape": np.asarray([x.resized_shape for x in g], dtype=np.int64).reshape(-1, 2),
-            "geometry_offset": np.asarray([x.offset for x in g], dtype=np.int64).reshape(-1, 2),
-            "geometry_flipped": np.asarray([x.flipped for x in g], dtype=bool),
-            "method": np.asarray(self.method),
-            "target_mode": np.asarray(self.target_mode),
-            "run_id": np.asarray(self.run_id),
-            "run_path": np.asarray(self.run_path),
-            "checkpoint_sha256": np.asarray(self.checkpoint_sha256),
-            "img_size": np.asarray(self.img_size, dtype=np.int64),
-            "mean": np.asarray(self.mean, dtype=np.float64),
-            "std": np.asarray(self.std, dtype=np.float64),
-            "preprocessing": np.asarray(json.dumps(self.preprocessing, sort_keys=True)),
-            "format_version": np.asarray(FORMAT_VERSION, dtype=np.int64),
-        }
-
-    def save(self, path: str | Path) -> Path:
-        """Write the compressed archive atomically (temp file, then rename)."""
-        from mammography.atomic import write_atomic
-
-        return write_atomic(Path(path), lambda fh: np.savez_compressed(fh, **self.arrays()))
-
-
-def load_run_maps(path: str | Path) -> RunMaps:
-    """Read an archive written by :meth:`RunMaps.save` (``mammography explain``).
-
-    Raises
-    ------
-    RunError
-        The file is missing or is not such an archive.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise RunError(f"explanations file {path} does not exist; write it with 'mammography explain --run RUN'")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise RunError(f"{path} is not a readable .npz archive ({exc}); rerun 'mammography explain'") from None
-    needed = ("logits", "probs", "targets", "layers", "image_path", "format_version")
-    missing = [k for k in needed if k not in data]
-    if missing:
-        raise RunError(f"{path} lacks {', '.join(missing)}: not written by 'mammography explain'")
-    if int(data["format_version"]) > FORMAT_VERSION:
-        raise RunError(f"{path} was written by a newer mammography (format {int(data['format_version'])})")
-    size = int(data["img_size"])
-    geometries = [
-        Geometry(original_shape=tuple(int(v) for v in o), size=size, resized_shape=tuple(int(v) for v in r),
-                 offset=tuple(int(v) for v in off), flipped=bool(f))
-        for o, r, off, f in zip(data["geometry_original_shape"], data["geometry_resized_shape"],
-                                data["geometry_offset"], data["geometry_flipped"])
-    ]
-    if "preprocessing" in data:
-        preprocessing = json.loads(str(data["preprocessing"]))
-    else:  # format 1 archives came from this project's runs only
-        preprocessing = {"pipeline": "fit-pad", "img_size": size, "mean": data["mean"].tolist(),
-                         "std": data["std"].tolist()}
-    return RunMaps(
-        maps={str(n): data[f"maps/{n}"] for n in data["layers"]},
-        logits=data["logits"],
-        probs=data["probs"],
-        targets=data["targets"],
-        y_true=data["y_true"],
-        image_paths=[str(p) for p in data["image_path"]],
-        geometries=geometries,
-        method=str(data["method"]),
-        target_mode=str(data["target_mode"]),
-        run_id=str(data["run_id"]),
-        run_path=str(data["run_path"]),
-        checkpoint_sha256=str(data["checkpoint_sha256"]),
-        preprocessing=preprocessing,
-    )
+#: the layers every command sweeps unless told otherwise, shallow to deep: two intermediate depths of
+#: EfficientNet-B0 (32 x 32 and 16 x 16 at 512 px) and the final block (16 x 16), whose maps the figures,
+#: the explorer and the attention numbers use; one record of them serves every command
+DEFAULT_LAYERS: tuple[str, ...] = ("features.4", "features.6", "features.8")
+#: images per CAM batch of every command
+DEFAULT_BATCH_SIZE = 16
 
 
 # --------------------------------------------------------------------------- targets
@@ -284,6 +96,90 @@ def _batch_targets(targets, labels0: torch.Tensor):
     return targets
 
 
+def canonical_method(method: str) -> str:
+    """The CAM engine's name for ``method`` (aliases such as ``grad-cam`` resolved).
+
+    Raises
+    ------
+    ConfigError
+        An unknown method.
+    """
+    # the engine owns the names and aliases: ask it, on a one-layer probe model
+    probe = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1))
+    return create_cam(method, probe, layers="0").name
+
+
+# --------------------------------------------------------------------------- the data path
+
+
+class _Prepared(torch.utils.data.Dataset):
+    """What a loader worker does for one image: decode it and place it into the square.
+
+    Items are ``(pixels, geometry, error)``: the unnormalised float32 square
+    (or its 3 channels) exactly as :meth:`Preprocessing.to_tensor` would take
+    it, its :class:`Geometry`, and ``None``; or ``(None, None, error)`` for an
+    image the user's files make unreadable, so that the error reaches the
+    command as the one-line message it is (not as a worker's traceback).
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        try:
+            prepared = self.dataset.prepared(i)
+        except MammographyError as exc:
+            return None, None, exc
+        pixels = prepared.channels if prepared.channels is not None else prepared.square
+        return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)), prepared.geometry, None
+
+
+def _collate(items):
+    """One batch: stacked pixels (grey (B, S, S) or colour (B, 3, S, S)), geometries, and the first error.
+
+    Runs in the worker: an error is handed on, to be raised by the command itself.
+    """
+    error = next((e for _, _, e in items if e is not None), None)
+    if error is not None:
+        return None, None, error
+    pixels = [p for p, _, _ in items]
+    if len({p.ndim for p in pixels}) > 1:  # grey and colour squares in one batch: make all three-channel
+        pixels = [p.unsqueeze(0).expand(3, -1, -1) if p.ndim == 2 else p for p in pixels]
+    return torch.stack(pixels), [g for _, g, _ in items], None
+
+
+def _worker_init(_worker_id: int) -> None:
+    # decoding is numpy and pydicom; torch threads in every worker would only compete with the model
+    torch.set_num_threads(1)
+
+
+def image_batches(dataset, batch_size: int, device: torch.device, num_workers: int | str | None = None):
+    """Yield ``(inputs, geometries)`` batches of ``dataset`` in order, normalised on ``device``.
+
+    Decoding and geometry run in ``num_workers`` DataLoader worker processes
+    (``None``/``"auto"``: :func:`mammography.machine.default_num_workers`;
+    0: in this process); the normalisation by the run's mean and std runs on
+    ``device`` (:meth:`~mammography.data.preprocess.Preprocessing.normalise`),
+    giving exactly the tensors of ``dataset[i]["image"]``.
+    """
+    from torch.utils.data import DataLoader
+
+    from mammography.machine import resolve_num_workers
+
+    workers = min(resolve_num_workers(num_workers), max(0, (len(dataset) - 1) // int(batch_size)))
+    loader = DataLoader(_Prepared(dataset), batch_size=int(batch_size), shuffle=False, num_workers=workers,
+                        collate_fn=_collate, pin_memory=device.type == "cuda",
+                        worker_init_fn=_worker_init if workers else None)
+    for pixels, geometries, error in loader:
+        if error is not None:
+            raise error
+        pixels = pixels.to(device, non_blocking=True)
+        yield dataset.preprocessing.normalise(pixels), geometries
+
+
 # --------------------------------------------------------------------------- the sweep
 
 
@@ -293,10 +189,11 @@ def sweep_run(
     method: str = "gradcam",
     *,
     targets: str | int = "predicted",
-    batch_size: int = 8,
+    batch_size: int = 16,
     device: str | torch.device = "auto",
     autocast: str | None = None,
-    cache_dir: str | Path | None = None,
+    cache_dir=None,
+    num_workers: int | str | None = None,
     progress: bool = True,
     model: torch.nn.Module | None = None,
     rows: Sequence[int] | None = None,
@@ -316,6 +213,9 @@ def sweep_run(
     device : ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
     autocast : ``None``, ``"bf16"`` or ``"fp16"`` (CUDA).
     cache_dir : decoded-image cache folder; ``None`` decodes every image.
+    num_workers : decoding processes (``None`` / ``"auto"``: a number that
+        suits the machine, see :func:`mammography.machine.default_num_workers`;
+        0: decode in this process). The result does not depend on it.
     progress : show a tqdm progress bar.
     model : the run's model, already loaded (its checkpoint is not read again).
     rows : positions in ``run.predictions`` to sweep, in this order (default: all).
@@ -331,16 +231,16 @@ def sweep_run(
     """
     from tqdm.auto import tqdm
 
-    from mammography.runs import Run, load_run
-    from mammography.training.train import resolve_device
+    from mammography.machine import resolve_device
+    from mammography.runs import as_run
 
     target_mode = target_mode_name(targets)
     if int(batch_size) < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    run = run if isinstance(run, Run) else load_run(run)
+    run = as_run(run)
     if len(run.predictions) == 0:
         raise RunError(f"{run.path / 'val_predictions.csv'} has no rows: nothing to explain")
-    dev = resolve_device(str(device))
+    dev = resolve_device(device)
     if model is None:
         model = run.load_model(device=dev)
     run.require_images()
@@ -351,18 +251,19 @@ def sweep_run(
         raise ConfigError(f"{run.run_id}: no validation image selected")
     dataset = run.dataset(cache_dir=cache_dir, rows=rows)
     y_true = run.predictions["y_true"].to_numpy(dtype=np.int64)[rows]
+    model_device = next(model.parameters()).device
 
     parts: list[dict[str, np.ndarray]] = []
     geometries: list[Geometry] = []
     with create_cam(method, model, layers, autocast=autocast) as cam:
-        starts = range(0, len(dataset), int(batch_size))
-        bar = tqdm(starts, desc=f"Grad-CAM {run.run_id}", unit="batch", disable=not progress, leave=False)
-        for start in bar:
-            idx = range(start, min(start + int(batch_size), len(dataset)))
-            prepared = [dataset.prepared(i) for i in idx]  # decoded once: square and geometry
-            geometries.extend(p.geometry for p in prepared)
-            images = torch.stack([dataset.to_tensor(p) for p in prepared])
-            labels0 = torch.as_tensor(y_true[start : start + len(idx)] - 1)
+        n_batches = -(-len(dataset) // int(batch_size))
+        batches = image_batches(dataset, batch_size, model_device, num_workers)
+        bar = tqdm(batches, total=n_batches, desc=f"Grad-CAM {run.run_id}", unit="batch", disable=not progress,
+                   leave=False)
+        for images, batch_geometries in bar:
+            start = len(geometries)
+            geometries.extend(batch_geometries)
+            labels0 = torch.as_tensor(y_true[start : start + len(images)] - 1)
             parts.append(cam(images, targets=_batch_targets(targets, labels0)).numpy())
         layer_names = cam.layer_names
     arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
@@ -380,4 +281,69 @@ def sweep_run(
         run_path=str(run.path),
         checkpoint_sha256=run.checkpoint_sha256,
         preprocessing=run.preprocessing.to_record(),
+        autocast=autocast,
     )
+
+
+def run_maps(
+    run,
+    layers: LayerSpec = None,
+    method: str = "gradcam",
+    *,
+    targets: str | int = "predicted",
+    store=None,
+    rows: Sequence[int] | None = None,
+    model: torch.nn.Module | None = None,
+    **sweep_options,
+) -> RunMaps:
+    """A run's predictions and maps: the stored record when it matches, else a new sweep (then stored).
+
+    The one way a command gets them. A record in ``store`` serves when it
+    was computed from the same checkpoint (SHA-256), preprocessing record,
+    images and labels, method, target and precision, by this version of the
+    tool, and holds at least the requested layers (see
+    :class:`mammography.cam.store.SweepKey`). Otherwise the run is swept
+    (:func:`sweep_run`) and, when every image was swept, the record is
+    stored for the next command.
+
+    Parameters
+    ----------
+    run : a run directory (str / Path) or a :class:`mammography.runs.Run`.
+    layers, method, targets : as for :func:`sweep_run`.
+    store : a :class:`~mammography.cam.store.RecordStore` (on disk) or a
+        :class:`~mammography.cam.store.MemoryStore` (this process); ``None``:
+        the store of ``cache_dir`` (:func:`~mammography.cam.store.open_store`),
+        none without a cache folder (always sweep, store nothing).
+    rows : positions in ``run.predictions`` (default: all); a stored record of
+        every image serves any selection of them.
+    model : the run's model when already loaded (used only if a sweep is needed).
+    sweep_options : ``batch_size``, ``device``, ``autocast``, ``cache_dir``,
+        ``num_workers``, ``progress`` of :func:`sweep_run`. They decide how,
+        not what, is computed (``autocast`` excepted, which is part of the
+        provenance), so a record made with other values serves.
+
+    Returns
+    -------
+    RunMaps
+        The requested layers only, in the order asked for; the images of
+        ``rows``.
+    """
+    from mammography.cam.store import SweepKey, open_store
+    from mammography.runs import as_run
+
+    run = as_run(run)
+    store = store if store is not None else open_store(sweep_options.get("cache_dir"))
+    names = density_layer_names(layers)
+    method = canonical_method(method)
+    key = None
+    if store is not None:
+        key = SweepKey.of(run, method, target_mode_name(targets), sweep_options.get("autocast"))
+        found = store.find(key, names)
+        if found is not None:
+            log.info("%s: %s maps at %s read from the stored sweep record", run.run_id, method, ", ".join(names))
+            found = found.for_run(run)
+            return found if rows is None else found.select(rows)
+    maps = sweep_run(run, names, method, targets=targets, rows=rows, model=model, **sweep_options)
+    if key is not None and (rows is None or list(rows) == list(range(len(run.predictions)))):
+        store.put(maps, key)
+    return maps

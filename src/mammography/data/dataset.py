@@ -28,7 +28,6 @@ run gives the same tensors whether the cache was cold, warm or switched off.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mammography.atomic import sha256_file, write_atomic
+from mammography.atomic import sha256_bytes, sha256_file, write_atomic
 from mammography.data.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -126,7 +125,7 @@ class DecodedImageCache:
         memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
         if memo_key in self._hash_memo:
             return self._hash_memo[memo_key]
-        stat_name = hashlib.sha256(repr(memo_key).encode()).hexdigest()
+        stat_name = sha256_bytes(repr(memo_key).encode())
         memo_file = self.root / "hashes" / stat_name[:2] / stat_name
         digest = None
         if memo_file.is_file():
@@ -146,7 +145,7 @@ class DecodedImageCache:
     def key(self, path: str | Path, laterality: str | None = None) -> str:
         """Cache key of ``path`` under this cache's preprocessing."""
         settings = self.preprocessing.cache_key(laterality)
-        return hashlib.sha256(f"{self.content_hash(path)};{settings}".encode()).hexdigest()
+        return sha256_bytes(f"{self.content_hash(path)};{settings}".encode())
 
     def entry_paths(self, path: str | Path, laterality: str | None = None) -> tuple[Path, Path]:
         """``(square .npy, geometry .json)`` where ``path``'s entry lives."""

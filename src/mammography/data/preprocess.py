@@ -307,12 +307,28 @@ class Preprocessing:
             pixels = prepared.channels if prepared.channels is not None else prepared.square
         else:
             pixels = prepared
-        t = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
-        if t.ndim == 2:
-            t = t.unsqueeze(0).expand(3, -1, -1)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
-        return (t - mean) / std
+        return self.normalise(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None])[0]
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """A batch of unnormalised squares -> the model input, on the batch's device.
+
+        Parameters
+        ----------
+        pixels : float32 (B, S, S) grey squares (replicated to three channels)
+            or (B, 3, S, S), in [0, 1].
+
+        Returns
+        -------
+        float32 (B, 3, S, S): ``(x - mean) / std`` per channel. Subtraction and
+        division are exactly rounded on every device, so a GPU batch equals
+        :meth:`to_tensor` of its images bit for bit.
+        """
+        if pixels.ndim == 3:
+            pixels = pixels.unsqueeze(1).expand(-1, 3, -1, -1)
+        # tensors, not Python numbers: CUDA divides by a scalar as a multiplication by its reciprocal
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+        return (pixels.float() - mean) / std
 
 
 def _or_default(value, default):

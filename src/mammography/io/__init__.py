@@ -16,10 +16,11 @@ Errors a user's file can cause raise :class:`~mammography.errors.ImageReadError`
 """
 
 from mammography.io.geometry import Geometry, compute_geometry, fit_to_square
-from mammography.io.mammogram import Mammogram, read_mammogram
+from mammography.io.mammogram import Mammogram
 from mammography.io.mask import BreastSegmentation, breast_mask, film_edge_mask, pectoral_mask, segment_breast
 from mammography.io.orientation import Resolved, resolve_laterality, resolve_view, with_orientation
 from mammography.io.prepare import prepare_input
+from mammography.io.read import read_mammogram
 
 __all__ = [
     "BreastSegmentation",

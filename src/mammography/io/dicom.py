@@ -14,7 +14,7 @@ The display pipeline of DICOM PS3.3 C.11 is applied in order:
      (default), LINEAR_EXACT or SIGMOID (formulas of C.11.2.1.2/C.11.2.1.3);
    * else (or when the window is invalid) robust percentiles: 0.5 % of the
      image, 99.6 % of the breast's pixels
-     (:func:`~mammography.io.mammogram.window_breast_percentiles`);
+     (:func:`~mammography.io.window.window_breast_percentiles`);
 
 3. MONOCHROME1 images are inverted last (after the VOI transform, where the
    standard puts the presentation inversion), so dense tissue is bright.
@@ -47,13 +47,9 @@ from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from mammography.errors import ImageReadError
-from mammography.io.mammogram import (
-    Mammogram,
-    check_dimensions,
-    looks_like_bare_dicom,
-    window_without_display,
-)
+from mammography.io.mammogram import Mammogram, check_dimensions, looks_like_bare_dicom
 from mammography.io.orientation import VIEWS, normalise_laterality, orientation_from_path, orientation_from_text
+from mammography.io.window import window_without_display
 
 __all__ = ["decode_dicom", "read_dicom", "window_to_unit"]
 
@@ -100,7 +96,7 @@ def read_dicom(path: str | Path, *, percentile_window: str = "breast") -> Mammog
     path : str or Path
         The DICOM file, with or without the 128-byte preamble.
     percentile_window : the rule for a file without VOI LUT or window
-        (:func:`~mammography.io.mammogram.window_without_display`).
+        (:func:`~mammography.io.window.window_without_display`).
 
     Returns
     -------

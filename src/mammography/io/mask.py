@@ -53,6 +53,8 @@ import numpy as np
 from scipy import ndimage
 
 from mammography.errors import ConfigError, ImageReadError, printable
+from mammography.io.files import require_regular_file
+from mammography.io.mammogram import check_dimensions
 
 __all__ = [
     "BreastSegmentation",
@@ -61,6 +63,7 @@ __all__ = [
     "film_edge_mask",
     "otsu_threshold",
     "pectoral_mask",
+    "read_mask_cell",
     "read_mask_file",
     "segment_breast",
 ]
@@ -149,9 +152,6 @@ def read_mask_file(path: str | Path, what: str = "mask") -> np.ndarray:
     """
     from PIL import Image
 
-    from mammography.io.files import require_regular_file
-    from mammography.io.mammogram import check_dimensions
-
     require_regular_file(path, what, ImageReadError, "fix the path in the manifest or leave the column empty")
     try:
         with Image.open(path) as im:
@@ -163,6 +163,15 @@ def read_mask_file(path: str | Path, what: str = "mask") -> np.ndarray:
         raise ImageReadError(f"cannot read the {what} {printable(path)} ({printable(exc)}); save it as an 8-bit "
                              "PNG") from None
     return arr > 0
+
+
+def read_mask_cell(value, what: str = "mask") -> np.ndarray | None:
+    """:func:`read_mask_file` of a manifest or predictions cell; None when the cell is empty
+    (None, NaN, blank or ``"nan"``: the image has no such mask)."""
+    if value is None or (isinstance(value, float) and value != value) or str(value).strip() in ("", "nan"):
+        return None
+    return read_mask_file(str(value), what)
+
 
 def breast_mask(pixels: np.ndarray, *, max_work_side: int = 512) -> np.ndarray:
     """Segment the breast in a mammogram with dense tissue bright.

@@ -31,6 +31,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mammography.io.mask import pectoral_mask, segment_breast
+
 __all__ = [
     "LATERALITY_SOURCES",
     "VIEW_SOURCES",
@@ -165,16 +167,12 @@ def _resolve(hint: str | None, value: str | None, source: str | None, sources, f
 
 def _image_laterality(m) -> str | None:
     """'L' when the chest wall (the border the breast rests on) is on the left, 'R' on the right."""
-    from mammography.io.mask import segment_breast
-
     side = segment_breast(m.pixels).chest_wall
     return None if side is None else ("L" if side == "left" else "R")
 
 
 def _image_view(m) -> str | None:
     """'MLO' when a pectoral muscle shows in the chest-wall corner at the top of the breast, else 'CC'."""
-    from mammography.io.mask import pectoral_mask, segment_breast
-
     segmentation = segment_breast(m.pixels)
     if not segmentation.breast.any():
         return None

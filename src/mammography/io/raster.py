@@ -36,8 +36,9 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from mammography.errors import ImageReadError
-from mammography.io.mammogram import Mammogram, check_dimensions, sniff_format, window_without_display
+from mammography.io.mammogram import Mammogram, check_dimensions, sniff_format
 from mammography.io.orientation import orientation_from_path
+from mammography.io.window import window_without_display
 
 __all__ = ["read_raster", "raster_to_unit"]
 

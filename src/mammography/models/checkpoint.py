@@ -30,7 +30,6 @@ Every refusal is one line; none suggests loading with ``weights_only=False``.
 
 from __future__ import annotations
 
-import hashlib
 import pathlib
 import warnings
 from collections.abc import Mapping
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mammography.atomic import sha256_file
 from mammography.errors import CheckpointError, printable
 from mammography.io.files import require_regular_file
 from mammography.models.density import FEATURE_DIM, NUM_CLASSES, build_density_model
@@ -530,8 +530,4 @@ def checkpoint_sha256(path: str | Path) -> str:
     """
     path = Path(path)
     _require_file(path)
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)

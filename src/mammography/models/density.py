@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
 from torch import nn
 from torchvision.models import efficientnet_b0
 
@@ -15,17 +12,14 @@ NUM_CLASSES = 4
 FEATURE_DIM = 1280
 
 
-def build_density_model(num_classes: int = NUM_CLASSES, pretrained_weights: str | Path | None = None) -> nn.Module:
+def build_density_model(num_classes: int = NUM_CLASSES) -> nn.Module:
     """EfficientNet-B0 (``weights=None``) whose head predicts ``num_classes`` classes.
 
-    Nothing is downloaded. ``pretrained_weights`` is a local file of backbone
-    weights (e.g. ImageNet weights saved with ``torch.save(model.state_dict())``);
-    it is read with ``weights_only=True`` and its classifier is ignored.
+    Nothing is downloaded; the weights are random. Local backbone weights
+    (``--pretrained-weights``) are loaded into it with
+    :func:`mammography.models.checkpoint.load_backbone_weights`, a trained
+    checkpoint with :func:`~mammography.models.checkpoint.load_density_checkpoint`.
     """
     model = efficientnet_b0(weights=None)
-    if pretrained_weights is not None:
-        from mammography.models.checkpoint import load_backbone_weights
-
-        load_backbone_weights(model, pretrained_weights)
     model.classifier[1] = nn.Linear(FEATURE_DIM, num_classes)
     return model

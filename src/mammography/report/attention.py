@@ -89,7 +89,7 @@ def analyse_runs(evaluated, options_for) -> tuple[list[RunAnalysis], Consistency
 
     Parameters
     ----------
-    evaluated : :class:`~mammography.report.pack.EvaluatedRun` records (maps, probabilities, model, dataset).
+    evaluated : :class:`~mammography.report.evaluate.EvaluatedRun` records (maps, probabilities, model, dataset).
     options_for : callable giving the :class:`AnalysisOptions` of one evaluated run.
 
     Returns

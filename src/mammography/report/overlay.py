@@ -2,7 +2,8 @@
 
 Everything here works on numpy arrays, so a figure can be redrawn from stored
 maps without the model. Heatmaps are expected in [0, 1] (1 = highest
-attention); with the default ``jet`` map 1.0 is red, 0.6-0.9 yellow/orange,
+attention; :func:`mammography.cam.result.normalise_maps` scales raw maps so);
+with the default ``jet`` map 1.0 is red, 0.6-0.9 yellow/orange,
 0.3-0.6 green, 0.1-0.3 blue and 0-0.1 dark blue.
 """
 
@@ -22,7 +23,6 @@ from mammography.io.geometry import Geometry
 __all__ = [
     "DisplayTile",
     "get_colormap",
-    "normalise_heatmap",
     "colorize",
     "blend",
     "to_display",
@@ -74,17 +74,6 @@ def get_colormap(name: str):
         raise ConfigError(
             f"unknown colour map {name!r}; use a matplotlib colour map name such as jet, turbo, inferno or viridis"
         ) from None
-
-
-def normalise_heatmap(heatmap: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Min-max scale ``heatmap`` to [0, 1] (all zeros when it is constant)."""
-    h = np.asarray(heatmap, dtype=np.float32)
-    lo, hi = float(np.min(h)), float(np.max(h))
-    if not np.isfinite(lo) or not np.isfinite(hi):
-        raise ConfigError("heatmap contains NaN or infinite values")
-    if hi - lo < eps:
-        return np.zeros_like(h)
-    return (h - lo) / (hi - lo)
 
 
 def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:

@@ -54,7 +54,8 @@ from mammography.training.rundir import (
     write_csv,
     write_json,
 )
-from mammography.training.train import TrainConfig, load_training_manifest, resolve_device, train_on_split, warn_collapse
+from mammography.machine import resolve_device
+from mammography.training.train import TrainConfig, load_training_manifest, train_on_split, warn_collapse
 
 __all__ = ["DEFAULT_CV_OUTDIR", "cross_validate", "summarise_folds", "summary_lines"]
 

@@ -55,7 +55,9 @@ from mammography.data.preprocess import Preprocessing
 from mammography.data.splits import check_no_patient_overlap, patient_grouping, split_patients, split_table
 from mammography.errors import ConfigError, ManifestError
 from mammography.limits import MAX_BATCH_SIZE, check_float, check_img_size, check_int
+from mammography.machine import resolve_device
 from mammography.models import build_density_model
+from mammography.models.checkpoint import load_backbone_weights
 from mammography.training.metrics import LABELS, compute_metrics, degenerate_warnings, prediction_collapse
 from mammography.training.reproducibility import collect_reproducibility, seed_worker, seeded
 from mammography.training.rundir import (
@@ -70,7 +72,7 @@ from mammography.training.rundir import (
     write_json,
 )
 
-__all__ = ["TrainConfig", "EpochResult", "EpochSelector", "train_density", "train_on_split", "load_training_manifest", "resolve_device"]
+__all__ = ["TrainConfig", "EpochResult", "EpochSelector", "train_density", "train_on_split", "load_training_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -213,15 +215,6 @@ class EpochSelector:
         if self._saved is None:
             raise RuntimeError("no epoch was captured; offer() every epoch up to the last one")
         return self._saved
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
-    return torch.device(name)
 
 
 def load_training_manifest(config: TrainConfig) -> pd.DataFrame:
@@ -377,7 +370,9 @@ def _fit(config: TrainConfig, device: torch.device, train_set, val_set, val_rows
     history: list[dict] = []
     selector = EpochSelector(save_best=config.save_best, epochs=config.epochs)
     with seeded(config.seed):
-        model = build_density_model(pretrained_weights=config.pretrained_weights)
+        model = build_density_model()
+        if config.pretrained_weights is not None:
+            load_backbone_weights(model, config.pretrained_weights)
         model = model.to(device, memory_format=torch.channels_last)
         criterion = nn.CrossEntropyLoss(weight=weights.to(device) if config.class_weighted else None)
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mammography.cam.sweep import DEFAULT_LAYERS  # shown shallow to deep; the final block first and measured
 from mammography.errors import ConfigError
 from mammography.training.metrics import prediction_collapse
 from mammography.web.site import SeedResult, SiteImage, SiteLayer, SiteSeed, SiteSummary, build_site
@@ -55,10 +56,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: CAM layers of EfficientNet-B0 shown by default, shallow to deep as in
-#: report-pack: two intermediate depths (32 x 32 and 16 x 16 at 512 px) and
-#: the final block (16 x 16), which is shown first and measured
-DEFAULT_LAYERS: tuple[str, ...] = ("features.4", "features.6", "features.8")
 #: key of the fused map (mean of the normalised layers) in the layer switch
 FUSED = "fused"
 _PROB_COLUMNS = ("p_A", "p_B", "p_C", "p_D")
@@ -87,7 +84,8 @@ class RunImages:
 
 
 def load_runs(specs: Sequence, outputs_root: str | Path = Path("outputs")) -> list:
-    """Read runs given as paths, globs, names under ``outputs_root``, ``Run`` or ``CVRun``.
+    """Read runs given as paths, globs, names under ``outputs_root``, ``Run`` or ``CVRun``
+    (:func:`mammography.runs.open_runs`).
 
     A cross-validation root becomes its folds (each fold validates on its own
     images, so together they cover the whole data set).
@@ -96,26 +94,9 @@ def load_runs(specs: Sequence, outputs_root: str | Path = Path("outputs")) -> li
     -------
     list of :class:`mammography.runs.Run`, in the order given.
     """
-    from mammography.runs import CVRun, Run, is_cv_root, load_cv_run, load_run, resolve_runs
+    from mammography.runs import expand_folds, open_runs
 
-    runs: list = []
-    paths: list = []
-    for spec in specs:
-        if isinstance(spec, Run):
-            runs.append(spec)
-        elif isinstance(spec, CVRun):
-            runs.extend(spec.folds)
-        else:
-            paths.append(spec)
-            continue
-    for path in resolve_runs([str(p) for p in paths], outputs_root=outputs_root) if paths else []:
-        if is_cv_root(path):
-            cv = load_cv_run(path)
-            for note in cv.notes:
-                log.warning("%s", note)
-            runs.extend(cv.folds)
-        else:
-            runs.append(load_run(path))
+    runs = expand_folds(open_runs(specs, outputs_root=outputs_root))
     if not runs:
         raise ConfigError("no runs given to the explorer; pass --run DIR (a training run directory)")
     return runs
@@ -173,19 +154,17 @@ def site_layers(layers: Sequence[str], fuse: bool = True) -> list[SiteLayer]:
 
 def resolve_layer_names(layers: Sequence[str]) -> list[str]:
     """Check CAM layer names against EfficientNet-B0 (typos are explained) and
-    expand ``"stages"`` to ``features.0`` .. ``features.8``; order kept.
+    expand ``"stages"`` to ``features.0`` .. ``features.8``; order kept
+    (:func:`mammography.cam.layers.density_layer_names`).
 
     Each layer adds ``h x w`` bytes per image and run to the site (16 x 16 for
     ``features.8`` at 512 px, 256 x 256 for ``features.0``).
     """
-    from mammography.cam import resolve_layers
-    from mammography.models import build_density_model
+    from mammography.cam.layers import density_layer_names, split_layer_args
 
-    layers = [name for item in layers for name in str(item).split(",") if name]
-    if not layers:
+    if not split_layer_args(layers):
         raise ConfigError("the explorer needs at least one CAM layer (e.g. features.8)")
-    spec = layers[0] if len(layers) == 1 else layers
-    return [t.name for t in resolve_layers(build_density_model(), spec)]
+    return density_layer_names(layers)
 
 
 def _image_index(run_images: Sequence[RunImages]) -> list[tuple[str, int]]:
@@ -218,15 +197,6 @@ def _display_names(paths: Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------------------
 # masks
 # ---------------------------------------------------------------------------
-
-
-def _read_mask(path) -> np.ndarray | None:
-    """A mask image (PNG/TIFF, nonzero = in) as bool, or None when the cell is empty."""
-    if path is None or (isinstance(path, float) and np.isnan(path)) or str(path).strip() == "":
-        return None
-    from mammography.io.mask import read_mask_file
-
-    return read_mask_file(path, "mask")
 
 
 # ---------------------------------------------------------------------------
@@ -382,9 +352,10 @@ def iter_site_images(
     """
     from mammography.analysis.consistency import HIGH_AGREEMENT
     from mammography.analysis.run_analysis import AnalysisOptions
-    from mammography.training.train import resolve_device
+    from mammography.io.mask import read_mask_cell
+    from mammography.machine import resolve_device
 
-    device = resolve_device(str(device))
+    device = resolve_device(device)
     layers = list(layers)
     if not layers:
         raise ConfigError("the explorer needs at least one CAM layer (e.g. features.8)")
@@ -434,7 +405,7 @@ def iter_site_images(
             square=prep.square,
             geometry=g,
             results=results,
-            roi=_read_mask(row.get("roi_path")),
+            roi=read_mask_cell(row.get("roi_path"), "ROI mask"),
             attention_agreement=None if rho is None or np.isnan(rho) else float(rho),
             high_agreement=None if rec is None else rec.agreement == HIGH_AGREEMENT,
             reasons=() if rec is None else tuple(rec.reasons),
@@ -445,12 +416,13 @@ def iter_site_images(
 
 
 def sweep_runs(runs: Sequence, layers: Sequence[str], method: str = "gradcam", *, device="auto",
-               batch_size: int = 16, cache_dir=None, progress: bool = False) -> list:
-    """One :func:`~mammography.cam.sweep.sweep_run` per run, every layer in one pass."""
-    from mammography.cam.sweep import sweep_run
+               batch_size: int = 16, cache_dir=None, store=None, num_workers=None, progress: bool = False) -> list:
+    """Every run's maps of every layer (:func:`~mammography.cam.sweep.run_maps`: a stored record
+    when one matches, else one sweep per run, every layer in one pass)."""
+    from mammography.cam.sweep import run_maps
 
-    return [sweep_run(run, list(layers), method, batch_size=batch_size, device=device, cache_dir=cache_dir,
-                      progress=progress) for run in runs]
+    return [run_maps(run, list(layers), method, batch_size=batch_size, device=device, cache_dir=cache_dir,
+                     store=store, num_workers=num_workers, progress=progress) for run in runs]
 
 
 def build_explorer(
@@ -462,6 +434,8 @@ def build_explorer(
     device: str = "auto",
     batch_size: int = 16,
     cache_dir: str | Path | None = None,
+    store=None,
+    num_workers: int | None = None,
     outputs_root: str | Path = Path("outputs"),
     title: str | None = None,
     progress: bool = True,
@@ -479,7 +453,10 @@ def build_explorer(
     method : CAM method.
     device : torch device (``"auto"``, ``"cpu"``, ``"cuda"``).
     batch_size : images per CAM call.
-    cache_dir : decoded-image cache folder, or None.
+    cache_dir : decoded-image cache folder and its record store of sweeps, or None.
+    store : where sweep records are found and kept (default: the store of
+        ``cache_dir``; see :func:`mammography.cam.sweep.run_maps`).
+    num_workers : image-decoding processes of a sweep (``None``: a number that suits the machine).
     outputs_root : where bare run names are looked up.
     title : page title (default names the runs).
     progress : show a progress bar.
@@ -493,16 +470,13 @@ def build_explorer(
     check_int(batch_size, "--batch-size", 1, MAX_BATCH_SIZE)
     layers = resolve_layer_names(layers)
     run_list = load_runs(runs, outputs_root=outputs_root)
-    for run in run_list:
-        for note in run.notes:
-            log.warning("%s", note)
     memo: list = []
 
     def sweeps() -> list:
         """One sweep per run, computed once, when the first image is asked for."""
         if not memo:
             memo.append(sweep_runs(run_list, layers, method, device=device, batch_size=batch_size,
-                                   cache_dir=cache_dir, progress=progress))
+                                   cache_dir=cache_dir, store=store, num_workers=num_workers, progress=progress))
         return memo[0]
 
     seeds = seed_columns(run_list)

@@ -261,14 +261,16 @@ def _round(x: float | None, digits: int = 4) -> float | None:
 def _encode_map(heatmap: np.ndarray) -> tuple[int, int, str]:
     """(h, w, base64 uint8) of a heatmap min-max normalised to [0, 1] (as the
     report's figures are; a constant map becomes all zeros)."""
+    import torch
+
+    from mammography.cam.result import normalise_maps
+
     m = np.asarray(heatmap, dtype=np.float64)
     if m.ndim != 2:
         raise ConfigError(f"a heatmap must be 2-D (h, w), got shape {m.shape}")
     if not np.all(np.isfinite(m)):
         raise ConfigError("a heatmap contains NaN or infinite values")
-    lo, span = m.min(), np.ptp(m)
-    m = (m - lo) / span if span > 1e-12 else np.zeros_like(m)
-    u8 = np.round(m * 255.0).astype(np.uint8)
+    u8 = np.round(normalise_maps(torch.from_numpy(m)).numpy() * 255.0).astype(np.uint8)
     return u8.shape[0], u8.shape[1], base64.b64encode(u8.tobytes()).decode("ascii")
 
 
