@@ -298,3 +298,19 @@ def test_batched_pointing_game_grows_the_roi_like_the_per_map_rule(tolerance):
     for k in range(len(maps)):
         expected = pointing_game(maps[k], rois[k], tolerance)
         assert (math.isnan(expected) and math.isnan(got["pointing_hit"][k])) or got["pointing_hit"][k] == expected
+
+
+def test_facts_found_in_worker_processes_equal_those_found_here(phantoms, tmp_path):
+    paths = phantoms["image_path"].tolist()[:6]
+    requests = [(p, 64, FactSources()) for p in paths]
+    pool = FactStore(tmp_path / "pool")
+    assert pool.prefetch(requests, workers=2) == len(paths) and pool.computed == len(paths)
+    here = FactStore(None)
+    for p in paths:
+        a, b = pool.get(p, 64), here.get(p, 64)
+        assert (a.n_markers, a.n_film_edges, a.view) == (b.n_markers, b.n_film_edges, b.view)
+        for name in ("breast", "markers", "film_edges", "pectoral", "dense_estimate"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert pool.computed == len(paths)  # get() found them all
+    assert pool.prefetch(requests, workers=2) == 0 and FactStore(tmp_path / "pool").prefetch(requests, workers=2) == 0
+    assert FactStore(None).prefetch(requests, workers=2) == 0  # no cache folder: left to get()

@@ -57,6 +57,8 @@ class AnalysisOptions:
         seeded sample of this many images.
     seed : seed of the samples, random orders, re-initialisation and bootstrap.
     progress : show tqdm progress bars.
+    workers : processes that find the image facts the cache lacks (None: one
+        per CPU, at most 8, once 64 or more images lack them; 1: in this process).
     """
 
     method: str = "gradcam"
@@ -81,6 +83,7 @@ class AnalysisOptions:
     sanity_images: int = 8
     seed: int = 0
     progress: bool = False
+    workers: int | None = None
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values that cannot work."""
@@ -96,6 +99,8 @@ class AnalysisOptions:
             raise ConfigError(f"--faithfulness-baseline must be one of {', '.join(BASELINES)}")
         if self.faithfulness_steps < 1 or self.faithfulness_images < 1 or self.sanity_images < 1:
             raise ConfigError("faithfulness steps and the faithfulness/sanity image counts must be at least 1")
+        if self.workers is not None:
+            check_int(self.workers, "analysis workers", 1, 256)
         if self.max_images is not None and self.max_images < 1:
             raise ConfigError(f"--max-images must be at least 1, got {self.max_images}")
         if self.roi_dir is not None and not Path(self.roi_dir).is_dir():

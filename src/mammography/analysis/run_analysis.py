@@ -232,7 +232,12 @@ def analyze_maps(
     regions, all_geometries, sanity_breasts = [], [], {}
     occlusion = {"marker_occlusion_prob": np.full(n, np.nan), "marker_occlusion_drop": np.full(n, np.nan),
                  "marker_occlusion_flip": np.zeros(n, dtype=bool)}
-    dense_sources, roi_count, t_facts, t_occlusion = set(), 0, 0.0, 0.0
+    dense_sources, roi_count, t_occlusion = set(), 0, 0.0
+    sources = [row_sources(rows.iloc[i], paths[i], options.roi_dir) for i in range(n)]
+    t = time.perf_counter()
+    store.prefetch([(p, options.analysis_size, s) for p, s in zip(paths, sources)], workers=options.workers,
+                   progress=options.progress)
+    t_facts = time.perf_counter() - t
     progress = _progress(n, options.progress)
     for start in range(0, n, _CHUNK):
         chunk = range(start, min(n, start + _CHUNK))
@@ -240,7 +245,7 @@ def analyze_maps(
         for i in chunk:
             row = rows.iloc[i]
             t = time.perf_counter()
-            f = store.get(paths[i], options.analysis_size, row_sources(row, paths[i], options.roi_dir))
+            f = store.get(paths[i], options.analysis_size, sources[i])
             t_facts += time.perf_counter() - t
             seen = orientation_columns(row)
             prepared = dataset.prepared(i) if geometries is None or seen is None else None

@@ -31,6 +31,7 @@ import hashlib
 import io
 import zipfile
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from mammography import __version__
 from mammography.analysis.facts import FACTS_VERSION, FactSources, ImageFacts, compute_image_facts
 from mammography.data.dataset import ContentHashes
 from mammography.errors import OutputError
+from mammography.parallel import map_in_processes, resolve_workers
 
 __all__ = ["FactStore"]
 
@@ -105,6 +107,45 @@ class FactStore:
         self._remember(key, arrays)
         return ImageFacts.from_arrays(arrays)
 
+    def prefetch(self, requests: Sequence[tuple[str | Path, int, FactSources]], *, workers: int | None = None,
+                 progress: bool = False) -> int:
+        """Compute, in worker processes, the facts of the requested images that neither memory nor disk holds.
+
+        Parameters
+        ----------
+        requests : ``(path, analysis_size, sources)`` per image, as for :meth:`get`.
+        workers : processes (:func:`mammography.parallel.resolve_workers`:
+            None = one per CPU, at most 8, once 64 or more images lack
+            facts; 1 = leave them to :meth:`get`, one by one).
+        progress : show a progress bar.
+
+        Returns
+        -------
+        How many images' facts were computed. Without a cache folder nothing
+        is (the facts of a big set would not fit in memory to wait for
+        :meth:`get`): :meth:`get` computes them as they are asked for.
+        """
+        if self.root is None:
+            return 0
+        missing: dict[str, tuple[str, int, FactSources]] = {}
+        for path, size, sources in requests:
+            key = self.key(path, size, sources)
+            if key not in self._memory and key not in missing and not self.entry_path(key).is_file():
+                missing[key] = (str(path), int(size), sources)
+        n_workers = resolve_workers(workers, len(missing))
+        if n_workers <= 1:
+            return 0
+        from tqdm.auto import tqdm
+
+        # forked: an analysis runs inside scripts and notebooks that need not guard a re-import of themselves
+        done = map_in_processes(_facts_arrays, list(missing.values()), n_workers, start="fork")
+        for key, arrays in tqdm(zip(missing, done), total=len(missing), desc="image facts", unit="image",
+                                disable=not progress, leave=False):
+            self.computed += 1
+            self._store(key, arrays)
+            self._remember(key, arrays)
+        return len(missing)
+
     def _remember(self, key: str, arrays: dict[str, np.ndarray]) -> None:
         self._memory[key] = arrays
         self._held += sum(a.nbytes for a in arrays.values())
@@ -135,3 +176,9 @@ class FactStore:
             write_atomic(entry, buffer.getvalue(), durable=False)
         except OutputError:
             pass
+
+
+def _facts_arrays(job: tuple[str, int, FactSources]) -> dict[str, np.ndarray]:
+    """:func:`compute_image_facts` in a worker process, as storable arrays."""
+    path, size, sources = job
+    return compute_image_facts(path, size, sources).to_arrays()
