@@ -11,21 +11,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
+from _runs import phantom_rows, write_run
+
+from mammography.analysis import AnalysisOptions, analyze_run, compare_runs, load_run_analysis
 from mammography.analysis.consistency import HIGH_AGREEMENT
-from mammography.analysis.run_analysis import (
-    ANALYSIS_FILES,
-    AnalysisOptions,
-    analyze_run,
-    compare_runs,
-    image_regions,
-    load_run_analysis,
-)
+from mammography.analysis.facts import compute_image_facts
+from mammography.analysis.result import ANALYSIS_FILES
 from mammography.analysis.spurious import parse_bbox
 from mammography.errors import ConfigError
-from mammography.models import build_density_model
 from mammography.runs import load_run
 
 IMG_SIZE = 64
@@ -33,43 +28,14 @@ IMG_SIZE = 64
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory):
-    from mammography.synth.dataset import generate_dataset
-
-    root = tmp_path_factory.mktemp("phantoms")
-    manifest = generate_dataset(root, n=16, seed=3, size=(160, 128), shortcut=4, class_mix=(0.25, 0.25, 0.25, 0.25))
-    return pd.read_csv(manifest).assign(
-        image_path=lambda t: [str(root / p) for p in t["image_path"]],
-        roi_path=lambda t: [str(root / p) for p in t["roi_path"]],
-        breast_mask_path=lambda t: [str(root / p) for p in t["breast_mask_path"]],
-    )
-
-
-def write_run(folder, rows: pd.DataFrame, seed: int, img_size: int = IMG_SIZE):
-    """A run directory with an untrained model (seeded) and placeholder predictions."""
-    folder.mkdir(parents=True)
-    torch.manual_seed(seed)
-    torch.save(build_density_model().state_dict(), folder / "best_model.pth")
-    (folder / "summary.json").write_text(
-        json.dumps({"seed": seed, "arch": "efficientnet_b0", "img_size": img_size, "mean": None, "std": None,
-                    "preprocess": {"normalise_laterality": True}})
-    )
-    n = len(rows)
-    table = rows[["image_path", "accession", "patient_id", "view", "laterality", "roi_path", "breast_mask_path",
-                  "artifact_bbox"]].copy()
-    table.insert(1, "y_true", rows["density_label"].to_numpy())
-    table.insert(2, "y_pred", rows["density_label"].to_numpy())
-    for letter in "ABCD":
-        table[f"p_{letter}"] = 0.25
-    table.to_csv(folder / "val_predictions.csv", index=False)
-    (folder / "metrics").mkdir()
-    (folder / "metrics" / "val_metrics.json").write_text(json.dumps({"acc": 0.25, "n": n}))
-    return folder
+    return phantom_rows(tmp_path_factory.mktemp("phantoms"), n=16, seed=3, size=(160, 128), shortcut=4,
+                        class_mix=(0.25, 0.25, 0.25, 0.25))
 
 
 @pytest.fixture(scope="module")
 def runs(phantoms, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    return [write_run(root / f"results_{s}", phantoms, seed=s) for s in (42, 43)]
+    return [write_run(root / f"results_{s}", phantoms, seed=s, img_size=IMG_SIZE) for s in (42, 43)]
 
 
 @pytest.fixture(scope="module")
@@ -123,14 +89,15 @@ def test_markers_are_found_in_the_pixels_without_the_manifest_box(runs, phantoms
     ds = MammogramDataset(boxed["image_path"].tolist(), img_size=128)
     for i, (_, row) in enumerate(boxed.iterrows()):
         prepared = ds.prepared(i)
-        found = image_regions(prepared.square, prepared.geometry, (160, 128))
+        found = compute_image_facts(row["image_path"], 160)  # grid = original size here
+        assert found.shape == (160, 128)
         r0, c0, r1, c1 = parse_bbox(row["artifact_bbox"])
-        markers = found.regions.markers()
-        assert markers[r0:r1, c0:c1].mean() > 0.9  # grid = original size here
-        assert found.regions.n_markers >= 2  # the square and the burned-in "L CC" text
+        markers = found.markers
+        assert markers[r0:r1, c0:c1].mean() > 0.9
+        assert found.n_markers >= 2  # the square and the burned-in "L CC" text
         # in model space the mask covers the square's bright pixels as the model sees them (flipped for R)
         bright = prepared.square > 0.8
-        assert found.markers_model[bright & ~_breast_in_square(row, prepared)].all()
+        assert found.in_model(prepared.geometry).occlusion()[bright & ~_breast_in_square(row, prepared)].all()
         breast = np.asarray(Image.open(row["breast_mask_path"])) > 0
         assert (markers & breast).mean() < 0.01
     del run

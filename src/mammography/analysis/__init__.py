@@ -1,6 +1,7 @@
 """Measuring attention: is it on the breast, on the expert's region, the same across seeds, faithful?
 
-Modules (each usable on plain numpy maps and masks)::
+Modules (the metrics are usable on plain numpy maps and masks, one image at a
+time, or batched as torch tensors on any device)::
 
     maps          normalised maps, mass and shares, the analysis grid, bootstrap CIs
     spurious      attention outside the breast, in the border band, on burned-in markers
@@ -8,7 +9,15 @@ Modules (each usable on plain numpy maps and masks)::
     patterns      attention on dense tissue per density class; does it widen with density?
     consistency   cross-seed agreement of predictions and maps, "requires review" verdicts
     faithfulness  deletion/insertion curves, cascading weight randomisation
-    run_analysis  all of the above over a run's validation images (``mammography analyze``)
+    facts         an image's breast, pectoral, markers, film edges, ROI (the image's, not a run's)
+    store         those facts computed once per image, cached beside the decoded images
+    measure       every per-image metric of a run's maps, batched on the model's device
+    options       AnalysisOptions (the ``analyze`` flags)
+    inputs        the rows analysed and the masks and boxes users supply for them
+    run_analysis  one run: its sweep and all of the above (``analyze_run``, ``analyze_maps``)
+    result        RunAnalysis / ConsistencyResult, their files, reading them back
+    compare       cross-run consistency of analysed runs (``compare_runs``)
+    analyze       ``mammography analyze``: every run, then their comparison
     selection     representative images per class for figures
 
 Entry points::
@@ -24,15 +33,21 @@ from mammography._lazy import lazy_exports
 
 _EXPORTS = {
     # run level
-    "AnalysisOptions": "mammography.analysis.run_analysis",
-    "RunAnalysis": "mammography.analysis.run_analysis",
-    "ConsistencyResult": "mammography.analysis.run_analysis",
-    "AnalyzeResult": "mammography.analysis.run_analysis",
+    "AnalysisOptions": "mammography.analysis.options",
+    "RunAnalysis": "mammography.analysis.result",
+    "ConsistencyResult": "mammography.analysis.result",
+    "AnalyzeResult": "mammography.analysis.analyze",
     "analyze_run": "mammography.analysis.run_analysis",
     "analyze_maps": "mammography.analysis.run_analysis",
-    "analyze_runs": "mammography.analysis.run_analysis",
-    "compare_runs": "mammography.analysis.run_analysis",
-    "load_run_analysis": "mammography.analysis.run_analysis",
+    "analyze_runs": "mammography.analysis.analyze",
+    "compare_runs": "mammography.analysis.compare",
+    "load_run_analysis": "mammography.analysis.result",
+    # image facts
+    "FactStore": "mammography.analysis.store",
+    "ImageFacts": "mammography.analysis.facts",
+    "FactSources": "mammography.analysis.facts",
+    "compute_image_facts": "mammography.analysis.facts",
+    "measure_images": "mammography.analysis.measure",
     # metrics
     "normalise_map": "mammography.analysis.maps",
     "mass_share": "mammography.analysis.maps",
@@ -53,7 +68,9 @@ _EXPORTS = {
     "ConsistencyThresholds": "mammography.analysis.consistency",
     "image_consistency": "mammography.analysis.consistency",
     "rank_correlation": "mammography.analysis.consistency",
+    "rank_correlations": "mammography.analysis.consistency",
     "top_region_iou": "mammography.analysis.consistency",
+    "top_region_ious": "mammography.analysis.consistency",
     "cascading_randomisation": "mammography.analysis.faithfulness",
     "FaithfulnessResult": "mammography.analysis.faithfulness",
 }

@@ -7,7 +7,7 @@ runs:
 
 * **rank correlation**: Spearman's rho between the two maps' pixel values
   (inside the breast when a breast mask is given, so the empty background
-  does not inflate it);
+  does not inflate it), ranks averaged over ties as :func:`scipy.stats.spearmanr` does;
 * **top-region IoU**: intersection over union of the two maps' most-attended
   20 % of pixels (:func:`~mammography.analysis.maps.top_fraction_mask`; two
   independent random regions of 20 % overlap with IoU about 0.11).
@@ -25,7 +25,9 @@ case it is **low agreement - requires review**:
   :mod:`mammography.analysis.spurious`).
 
 Maps must already be on one common grid (see
-:mod:`mammography.analysis.maps`).
+:mod:`mammography.analysis.maps`). :func:`rank_correlations` and
+:func:`top_region_ious` compare every pair of runs of a whole batch of images
+at once on the maps' device; the per-image functions are those batches of one.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+import torch
 
-from mammography.analysis.maps import TOP_FRACTION, bootstrap_mean_ci, check_region, normalise_map, top_fraction_mask
+from mammography.analysis.maps import TOP_FRACTION, bootstrap_mean_ci, check_region, normalise_batch
 from mammography.errors import ConfigError
 
 __all__ = [
@@ -52,8 +54,12 @@ __all__ = [
     "PairSimilarity",
     "ImageConsistency",
     "rank_correlation",
+    "rank_correlations",
     "top_region_iou",
+    "top_region_ious",
+    "pair_similarities",
     "image_consistency",
+    "consistency_record",
     "consistency_table",
     "summarise_consistency",
     "select_extremes",
@@ -179,6 +185,16 @@ def _nanmin_strict(v: np.ndarray) -> float:
     return float(v.min()) if v.size and np.all(np.isfinite(v)) else math.nan
 
 
+def _pair(a: np.ndarray, b: np.ndarray, within: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Two maps as a (1, 2, H, W) float64 stack (and the within-mask as (1, H, W)), shapes checked."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ConfigError(f"maps of shapes {a.shape} and {b.shape} cannot be compared; resample them to one grid")
+    w = None if within is None else torch.from_numpy(check_region(within, a.shape, "within-mask"))[None]
+    return torch.from_numpy(np.stack([a, b]))[None], w
+
+
 def rank_correlation(a: np.ndarray, b: np.ndarray, within: np.ndarray | None = None) -> float:
     """Spearman's rank correlation of two maps' pixel values (NaN when either is constant).
 
@@ -187,28 +203,152 @@ def rank_correlation(a: np.ndarray, b: np.ndarray, within: np.ndarray | None = N
     a, b : (H, W) maps of the same shape.
     within : optional bool (H, W); only these pixels are compared.
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ConfigError(f"maps of shapes {a.shape} and {b.shape} cannot be compared; resample them to one grid")
-    if within is not None:
-        w = check_region(within, a.shape, "within-mask")
-        a, b = a[w], b[w]
-    else:
-        a, b = a.ravel(), b.ravel()
-    if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return math.nan
-    return float(stats.spearmanr(a, b).statistic)
+    stacked, w = _pair(a, b, within)
+    return float(rank_correlations(stacked, w)[0, 0])
 
 
 def top_region_iou(
     a: np.ndarray, b: np.ndarray, fraction: float = TOP_FRACTION, within: np.ndarray | None = None
 ) -> float:
     """IoU of the top-``fraction`` regions of two maps (NaN when both are empty)."""
-    ta = top_fraction_mask(a, fraction, within)
-    tb = top_fraction_mask(b, fraction, within)
-    union = int((ta | tb).sum())
-    return float((ta & tb).sum() / union) if union else math.nan
+    stacked, w = _pair(a, b, within)
+    return float(top_region_ious(stacked, fraction, w)[0, 0])
+
+
+def _pairs_of(n_runs: int) -> tuple[list[int], list[int]]:
+    """First and second members of every pair of runs, in :func:`itertools.combinations` order."""
+    pairs = list(itertools.combinations(range(n_runs), 2))
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+def _flat(values: torch.Tensor, within: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, R, P) float64 values and (B, 1, P) bool mask of (B, R, H, W) maps and (B, H, W) or no mask."""
+    x = torch.as_tensor(values).to(torch.float64)
+    if x.ndim != 4:
+        raise ConfigError(f"expected (images, runs, H, W) maps, got shape {tuple(x.shape)}")
+    if within is None:
+        w = torch.ones((x.shape[0], x.shape[2] * x.shape[3]), dtype=torch.bool, device=x.device)
+    else:
+        if tuple(within.shape) != (x.shape[0], *x.shape[2:]):
+            raise ConfigError(f"within-mask of shape {tuple(within.shape)} does not match maps of shape {tuple(x.shape)}")
+        w = within.to(x.device).flatten(1)
+    return x.flatten(2), w[:, None, :]
+
+
+def _sorted(x: torch.Tensor, inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each map's values inside its mask in ascending order, the rest (and non-finite values) +inf after
+    them; and where each sorted value came from."""
+    keyed = torch.where(inside & torch.isfinite(x), x, torch.full_like(x, math.inf))
+    return keyed.sort(dim=-1)
+
+
+def _ranks(ordered: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of the values, averaged over ties (:func:`scipy.stats.rankdata`'s ``"average"``), from
+    :func:`_sorted`: a run of equal values at sorted positions s..e gets (s + e + 2) / 2."""
+    size = ordered.shape[-1]
+    position = torch.arange(size, device=ordered.device)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
+    ends = torch.ones_like(starts)
+    ends[..., :-1] = starts[..., 1:]
+    first = torch.where(starts, position, 0).cummax(dim=-1).values
+    last = torch.where(ends, position, size - 1).flip(-1).cummin(dim=-1).values.flip(-1)
+    average = (first + last + 2).to(torch.float64) / 2.0
+    return torch.empty_like(average).scatter_(-1, order, average)
+
+
+def _rho(x: torch.Tensor, inside: torch.Tensor, ordered: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Spearman's rho of every pair of runs from the sorted values (see :func:`rank_correlations`)."""
+    n = inside.sum(-1).to(torch.float64)  # (B, 1)
+    finite = (torch.isfinite(x) | ~inside).all(-1)
+    ranks = _ranks(ordered, order)
+    centred = torch.where(inside, ranks - (n[..., None] + 1.0) / 2.0, torch.zeros_like(ranks))
+    spread = (centred * centred).sum(-1)
+    first, second = _pairs_of(x.shape[1])
+    out = []
+    for a, b in zip(first, second):
+        cov = (centred[:, a] * centred[:, b]).sum(-1)
+        rho = (cov / torch.sqrt(spread[:, a] * spread[:, b])).clamp(-1.0, 1.0)
+        undefined = (n[:, 0] < 3) | (spread[:, a] == 0) | (spread[:, b] == 0) | ~finite[:, a] | ~finite[:, b]
+        out.append(torch.where(undefined, torch.full_like(rho, math.nan), rho))
+    return torch.stack(out, dim=1) if out else x.new_zeros((x.shape[0], 0))
+
+
+def _top_iou(t: torch.Tensor, inside: torch.Tensor, ordered: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Top-region IoU of every pair of runs of normalised maps from their sorted values (see :func:`top_region_ious`)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"top-region fraction must be in (0, 1], got {fraction}")
+    n = inside.sum(-1)  # (B, 1)
+    # the ceil(fraction * n)-th largest value inside is the threshold; ties at it are all in
+    k = torch.ceil(fraction * n.to(torch.float64)).to(torch.int64).clamp_min(1)
+    at = (n - k).clamp_min(0)[..., None].expand(-1, t.shape[1], 1)
+    threshold = ordered.gather(-1, at)
+    top = (t >= threshold) & (t > 0) & inside
+    first, second = _pairs_of(t.shape[1])
+    out = []
+    for a, b in zip(first, second):
+        inter = (top[:, a] & top[:, b]).sum(-1).to(torch.float64)
+        union = (top[:, a] | top[:, b]).sum(-1).to(torch.float64)
+        out.append(torch.where(union > 0, inter / union, torch.full_like(union, math.nan)))
+    return torch.stack(out, dim=1) if out else t.new_zeros((t.shape[0], 0))
+
+
+def _normalised(values: torch.Tensor) -> torch.Tensor:
+    x = torch.as_tensor(values)
+    if x.ndim != 4:
+        raise ConfigError(f"expected (images, runs, H, W) maps, got shape {tuple(x.shape)}")
+    return normalise_batch(x.reshape(-1, *x.shape[2:])).reshape(x.shape)
+
+
+def rank_correlations(values: torch.Tensor, within: torch.Tensor | None = None) -> torch.Tensor:
+    """Spearman's rho of every pair of runs' maps of every image, batched on the maps' device.
+
+    Ranks are averaged over ties (as :func:`scipy.stats.spearmanr` does) and
+    rho is Pearson's correlation of the ranks of the pixels inside ``within``.
+
+    Parameters
+    ----------
+    values : (B, R, H, W) maps of R runs for B images (any real values).
+    within : bool (B, H, W): the pixels compared for each image (all when None).
+
+    Returns
+    -------
+    float64 (B, R (R - 1) / 2), pairs in :func:`itertools.combinations` order;
+    NaN where fewer than 3 pixels are compared or a map is constant (or not
+    finite) there.
+    """
+    x, inside = _flat(values, within)
+    return _rho(x, inside, *_sorted(x, inside))
+
+
+def top_region_ious(values: torch.Tensor, fraction: float = TOP_FRACTION, within: torch.Tensor | None = None) -> torch.Tensor:
+    """IoU of the top-``fraction`` regions (:func:`~mammography.analysis.maps.top_fraction_mask`) of every pair
+    of runs' maps of every image, batched on the maps' device.
+
+    Parameters
+    ----------
+    values : (B, R, H, W) maps (normalised here).
+    fraction : size of a top region, as a fraction of the pixels compared.
+    within : bool (B, H, W) pixels compared (all when None).
+
+    Returns
+    -------
+    float64 (B, R (R - 1) / 2), pairs in :func:`itertools.combinations` order; NaN when both regions are empty.
+    """
+    t, inside = _flat(_normalised(values), within)
+    return _top_iou(t, inside, _sorted(t, inside)[0], fraction)
+
+
+def pair_similarities(values: torch.Tensor, fraction: float = TOP_FRACTION, within: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rank_correlations` and :func:`top_region_ious` of the *normalised* maps (one sort serves both).
+
+    Parameters and returns as theirs; ``values`` are normalised here (the
+    correlation of normalised maps: clipping at 0 ties the negative values).
+    """
+    t, inside = _flat(_normalised(values), within)
+    ordered, order = _sorted(t, inside)
+    return _rho(t, inside, ordered, order), _top_iou(t, inside, ordered, fraction)
 
 
 def image_consistency(
@@ -240,18 +380,42 @@ def image_consistency(
     runs = tuple(maps)
     if len(runs) < 2:
         raise ConfigError(f"cross-seed consistency needs at least two runs, got {len(runs)}")
+    arrays = [np.asarray(maps[r], dtype=np.float64) for r in runs]
+    for other in arrays[1:]:
+        if other.shape != arrays[0].shape or other.ndim != 2:
+            raise ConfigError(f"maps of shapes {arrays[0].shape} and {other.shape} cannot be compared; resample them "
+                              "to one grid")
+    w = None if within is None else torch.from_numpy(check_region(within, arrays[0].shape, "within-mask"))[None]
+    rhos, ious = pair_similarities(torch.from_numpy(np.stack(arrays))[None], thresholds.top_fraction, w)
+    return consistency_record(image_path, runs, rhos[0].tolist(), ious[0].tolist(), predictions, confidences,
+                              artefact_flags=artefact_flags, thresholds=thresholds, y_true=y_true)
+
+
+def consistency_record(
+    image_path: str,
+    runs: Sequence[str],
+    rhos: Sequence[float],
+    top_ious: Sequence[float],
+    predictions: Mapping[str, int],
+    confidences: Mapping[str, float],
+    *,
+    artefact_flags: Mapping[str, bool] | None = None,
+    thresholds: ConsistencyThresholds = ConsistencyThresholds(),
+    y_true: int | None = None,
+) -> ImageConsistency:
+    """The :class:`ImageConsistency` of one image from its pairs' similarities (module docstring's rules).
+
+    ``rhos`` (rank correlations) and ``top_ious`` hold one value per pair of
+    ``runs`` in :func:`itertools.combinations` order (:func:`rank_correlations`,
+    :func:`top_region_ious`); the other parameters are those of :func:`image_consistency`.
+    """
+    runs = tuple(runs)
     missing = [r for r in runs if r not in predictions or r not in confidences]
     if missing:
         raise ConfigError(f"no prediction or confidence for runs {missing} on {image_path}")
-    normalised = {r: normalise_map(maps[r]) for r in runs}
     pairs = tuple(
-        PairSimilarity(
-            a,
-            b,
-            rank_correlation(normalised[a], normalised[b], within),
-            top_region_iou(normalised[a], normalised[b], thresholds.top_fraction, within),
-        )
-        for a, b in itertools.combinations(runs, 2)
+        PairSimilarity(a, b, float(rho), float(iou))
+        for (a, b), rho, iou in zip(itertools.combinations(runs, 2), rhos, top_ious, strict=True)
     )
     preds = {r: int(predictions[r]) for r in runs}
     agree = len(set(preds.values())) == 1

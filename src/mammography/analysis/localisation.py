@@ -25,9 +25,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import ndimage
 
-from mammography.analysis.maps import check_region, area_share, bootstrap_mean_ci, mass_share, normalise_map
+from mammography.analysis.maps import (
+    area_fractions,
+    bootstrap_mean_ci,
+    check_region,
+    mass_share,
+    mass_shares,
+    normalise_batch,
+    normalise_map,
+)
 from mammography.errors import ConfigError
 
 __all__ = [
@@ -40,6 +49,8 @@ __all__ = [
     "pointing_game",
     "energy_pointing",
     "localisation_metrics",
+    "localisation_batch",
+    "threshold_batch",
     "summarise_by_class",
     "summarise_localisation",
 ]
@@ -132,14 +143,61 @@ def localisation_metrics(
 ) -> LocalisationResult:
     """All localisation metrics of one heatmap against one ROI (same shape)."""
     r = check_region(roi, np.shape(heatmap), "ROI")
-    attended = threshold_map(heatmap, threshold)
-    return LocalisationResult(
-        iou=iou(attended, r),
-        dice=dice(attended, r),
-        pointing_hit=pointing_game(heatmap, r, tolerance),
-        energy_pointing=energy_pointing(heatmap, r),
-        roi_area_share=area_share(r),
-    )
+    if tolerance < 0:
+        raise ConfigError(f"pointing-game tolerance must be >= 0 pixels, got {tolerance}")
+    h = normalise_batch(torch.as_tensor(np.asarray(heatmap, dtype=np.float64))[None])
+    values = localisation_batch(h, torch.from_numpy(r)[None], threshold, tolerance)
+    return LocalisationResult(**{k: float(v[0]) for k, v in values.items()})
+
+
+def threshold_batch(h: torch.Tensor, threshold: float = ATTENTION_THRESHOLD) -> torch.Tensor:
+    """:func:`threshold_map` of a batch of *normalised* maps (B, H, W): bool, on their device."""
+    if not 0.0 < threshold <= 1.0:
+        raise ConfigError(f"attention threshold must be in (0, 1], got {threshold}")
+    return (h >= threshold) & (h > 0)
+
+
+def _grow(mask: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` dilations of (B, H, W) masks by the 4-neighbour cross (``ndimage.binary_dilation`` of
+    :func:`pointing_game`, zeros beyond the border)."""
+    for _ in range(steps):
+        p = torch.nn.functional.pad(mask, (1, 1, 1, 1))
+        mask = mask | p[..., :-2, 1:-1] | p[..., 2:, 1:-1] | p[..., 1:-1, :-2] | p[..., 1:-1, 2:]
+    return mask
+
+
+def localisation_batch(
+    h: torch.Tensor, roi: torch.Tensor, threshold: float = ATTENTION_THRESHOLD, tolerance: int = 0
+) -> dict[str, torch.Tensor]:
+    """:func:`localisation_metrics` of a batch of *normalised* maps, on their device.
+
+    Parameters
+    ----------
+    h : float64 (B, H, W) normalised maps.
+    roi : bool (B, H, W) expert regions.
+    threshold, tolerance : as for :func:`localisation_metrics`.
+
+    Returns
+    -------
+    dict of float64 (B,) tensors named like the fields of :class:`LocalisationResult`.
+    """
+    nan = torch.full(h.shape[:-2], math.nan, dtype=torch.float64, device=h.device)
+    attended = threshold_batch(h, threshold)
+    inter = (attended & roi).flatten(1).sum(1).to(torch.float64)
+    union = (attended | roi).flatten(1).sum(1).to(torch.float64)
+    total = (attended.flatten(1).sum(1) + roi.flatten(1).sum(1)).to(torch.float64)
+    peak_value = h.flatten(1).amax(1)
+    peak = h >= (peak_value - 1e-12)[:, None, None]
+    grown = _grow(roi, tolerance)
+    hits = (peak & grown).flatten(1).sum(1).to(torch.float64) / peak.flatten(1).sum(1).to(torch.float64)
+    undefined = ~roi.flatten(1).any(1) | (peak_value <= 0)
+    return {
+        "iou": torch.where(union > 0, inter / union, nan),
+        "dice": torch.where(total > 0, 2.0 * inter / total, nan),
+        "pointing_hit": torch.where(undefined, nan, (hits >= 0.5).to(torch.float64)),
+        "energy_pointing": mass_shares(h, roi),
+        "roi_area_share": area_fractions(roi),
+    }
 
 
 def summarise_by_class(

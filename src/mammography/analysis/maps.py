@@ -21,12 +21,24 @@ Definitions
   (:func:`mass_share`). A uniform map puts a share equal to the region's area
   fraction into any region, which is the chance level every share is compared
   against.
+
+Batches
+-------
+A run's measurements are taken on all its images at once, on the model's
+device: :func:`maps_on_grid` maps stacked low-resolution CAMs onto their
+grids (images with the same grid and placement together, the same
+operations as :func:`map_to_grid`), :func:`normalise_batch`,
+:func:`mass_shares` and :func:`area_fractions` are :func:`normalise_map`,
+:func:`mass_share` and :func:`area_share` of every map of a (B, H, W) tensor
+in float64. The per-map functions above are the definitions; the batched ones
+give the same numbers (tested against them).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +58,10 @@ __all__ = [
     "top_fraction_mask",
     "grid_shape",
     "map_to_grid",
+    "maps_on_grid",
+    "normalise_batch",
+    "mass_shares",
+    "area_fractions",
     "resize_mask",
     "resize_mask_any",
     "MeanCI",
@@ -188,6 +204,97 @@ def map_to_grid(heatmap: np.ndarray | torch.Tensor, geometry: Geometry, shape: t
     """
     frame = dataclasses.replace(geometry, original_shape=tuple(int(v) for v in shape))
     return frame.to_original(heatmap)
+
+
+def maps_on_grid(
+    maps,
+    geometries: Sequence[Geometry],
+    shapes: Sequence[tuple[int, int]],
+    *,
+    device: torch.device | str = "cpu",
+    chunk: int = 64,
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """:func:`map_to_grid` of many maps, batched on ``device``.
+
+    Parameters
+    ----------
+    maps : (N, h, w) model-space maps (numpy or tensor), one per geometry.
+    geometries : one :class:`Geometry` per map.
+    shapes : the grid shape of each map.
+    device : where the maps are resampled (and the tensors yielded live).
+    chunk : most maps per yielded batch.
+
+    Yields
+    ------
+    (indices, float32 tensor (B, *shape)): maps that share a grid shape and a
+    placement in the model square, in the order of their first image.
+    """
+    if not len(geometries) == len(shapes) == len(maps):
+        raise ConfigError(f"{len(maps)} maps, {len(geometries)} geometries and {len(shapes)} grid shapes differ")
+    groups: dict[Geometry, list[int]] = {}
+    for i, (g, shape) in enumerate(zip(geometries, shapes)):
+        groups.setdefault(dataclasses.replace(g, original_shape=tuple(int(v) for v in shape)), []).append(i)
+    for frame, members in groups.items():
+        for start in range(0, len(members), max(1, chunk)):
+            idx = np.asarray(members[start : start + chunk], dtype=np.int64)
+            stacked = torch.as_tensor(maps[idx] if isinstance(maps, np.ndarray) else maps[torch.as_tensor(idx)])
+            yield idx, frame.map_to_original(stacked.to(device))
+
+
+def normalise_batch(maps: torch.Tensor) -> torch.Tensor:
+    """:func:`normalise_map` of every map of a (B, H, W) tensor: float64, on its device.
+
+    Raises
+    ------
+    ConfigError
+        A map is not 2-D or holds NaN or infinite values.
+    """
+    h = torch.as_tensor(maps).to(torch.float64)
+    if h.ndim != 3:
+        raise ConfigError(f"expected a (B, H, W) stack of heatmaps, got shape {tuple(h.shape)}")
+    if h.shape[-1] * h.shape[-2] == 0 or h.shape[0] == 0:
+        return h.clamp_min(0.0)
+    lo, hi = torch.aminmax(h.flatten(1), dim=1)
+    if not bool((torch.isfinite(lo) & torch.isfinite(hi)).all()):
+        raise ConfigError("heatmap contains NaN or infinite values")
+    # clipping commutes with the extremes: those of the clipped map are the clipped extremes
+    lo, hi = lo.clamp_min(0.0)[:, None, None], hi.clamp_min(0.0)[:, None, None]
+    out = h.clamp_min(0.0).sub_(lo).div_(hi - lo)
+    flat = (hi - lo <= 1e-12 * hi).flatten()
+    empty = (hi <= 0).flatten()
+    if bool(flat.any()):
+        out[flat] = 1.0
+    if bool(empty.any()):
+        out[empty] = 0.0
+    return out
+
+
+def _sum2(x: torch.Tensor) -> torch.Tensor:
+    return x.sum(dim=(-2, -1))
+
+
+def mass_shares(h: torch.Tensor, region: torch.Tensor, within: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`mass_share` of every *normalised* map of ``h`` (B, H, W) in ``region``: float64 (B,), NaN without mass."""
+    zero = h.new_zeros(())
+    if within is not None:
+        region = region & within
+        total = _sum2(torch.where(within, h, zero))
+    else:
+        total = _sum2(h)
+    mass = _sum2(torch.where(region, h, zero))
+    return torch.where(total > 0, mass / total, torch.full_like(total, math.nan))
+
+
+def area_fractions(region: torch.Tensor, within: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`area_share` of every mask of a (B, H, W) bool tensor: float64 (B,), NaN where empty."""
+    if within is None:
+        n = torch.full(region.shape[:-2], region.shape[-2] * region.shape[-1], dtype=torch.float64,
+                       device=region.device)
+        inside = _sum2(region).to(torch.float64)
+    else:
+        n = _sum2(within).to(torch.float64)
+        inside = _sum2(region & within).to(torch.float64)
+    return torch.where(n > 0, inside / n, torch.full_like(n, math.nan))
 
 
 def _box_coverage(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

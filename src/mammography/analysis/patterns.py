@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats
 
-from mammography.analysis.localisation import ATTENTION_THRESHOLD, summarise_by_class, threshold_map
-from mammography.analysis.maps import area_share, check_region, mass_share
+from mammography.analysis.localisation import ATTENTION_THRESHOLD, summarise_by_class, threshold_batch
+from mammography.analysis.maps import area_fractions, check_region, mass_shares, normalise_batch
 from mammography.io.mask import otsu_threshold
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "PatternResult",
     "estimate_dense_tissue",
     "pattern_metrics",
+    "pattern_batch",
     "attention_trend",
     "summarise_patterns",
 ]
@@ -106,11 +108,27 @@ def pattern_metrics(
     threshold : normalised attention counted as "attended".
     """
     b = check_region(breast, np.shape(heatmap), "breast mask")
-    d = check_region(dense, np.shape(heatmap), "dense-tissue mask") & b
-    mass = mass_share(heatmap, d, within=b)
-    area = area_share(d, within=b)
-    attended = area_share(threshold_map(heatmap, threshold), within=b)
-    return PatternResult(mass, area, mass - area, attended)
+    d = check_region(dense, np.shape(heatmap), "dense-tissue mask")
+    h = normalise_batch(torch.as_tensor(np.asarray(heatmap, dtype=np.float64))[None])
+    values = pattern_batch(h, torch.from_numpy(b)[None], torch.from_numpy(d)[None], threshold)
+    return PatternResult(**{k: float(v[0]) for k, v in values.items()})
+
+
+def pattern_batch(
+    h: torch.Tensor, breast: torch.Tensor, dense: torch.Tensor, threshold: float = ATTENTION_THRESHOLD
+) -> dict[str, torch.Tensor]:
+    """:func:`pattern_metrics` of a batch of *normalised* maps (B, H, W), on their device.
+
+    Returns
+    -------
+    dict of float64 (B,) tensors named like the fields of :class:`PatternResult`.
+    """
+    d = dense & breast
+    mass = mass_shares(h, d, within=breast)
+    area = area_fractions(d, within=breast)
+    attended = area_fractions(threshold_batch(h, threshold), within=breast)
+    return {"dense_mass_share": mass, "dense_area_share": area, "dense_margin": mass - area,
+            "attended_breast_share": attended}
 
 
 def attention_trend(table: pd.DataFrame, column: str = "attended_breast_share", class_column: str = "y_true") -> dict:

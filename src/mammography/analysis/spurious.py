@@ -40,9 +40,10 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import ndimage
 
-from mammography.analysis.maps import check_region, area_share, bootstrap_mean_ci, mass_share
+from mammography.analysis.maps import area_fractions, bootstrap_mean_ci, check_region, mass_shares, normalise_batch
 from mammography.errors import ConfigError
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "bbox_mask",
     "parse_bbox",
     "spurious_shares",
+    "spurious_batch",
     "image_flags",
     "summarise_spurious",
 ]
@@ -437,22 +439,49 @@ def spurious_shares(
     film_edges, n_film_edges : film-edge strips and their number, likewise.
     """
     shape = np.shape(heatmap)
-    outside = ~check_region(breast, shape, "breast mask")
-    band = border_band(shape, border_fraction)
+    b = check_region(breast, shape, "breast mask")
     m = np.zeros(shape, dtype=bool) if markers is None else check_region(markers, shape, "marker mask")
     e = np.zeros(shape, dtype=bool) if film_edges is None else check_region(film_edges, shape, "film-edge mask")
+    h = normalise_batch(torch.as_tensor(np.asarray(heatmap, dtype=np.float64))[None])
+    values = {k: float(v[0]) for k, v in spurious_batch(
+        h, *(torch.from_numpy(x)[None] for x in (b, m, e)), border_fraction).items()}
     return SpuriousShares(
-        outside_breast=mass_share(heatmap, outside),
-        border=mass_share(heatmap, band),
-        marker=mass_share(heatmap, m) if m.any() else 0.0,
-        outside_breast_area=area_share(outside),
-        border_area=area_share(band),
-        marker_area=area_share(m),
+        **values,
         n_markers=int(n_markers if n_markers is not None else m.any()),
-        film_edge=mass_share(heatmap, e) if e.any() else 0.0,
-        film_edge_area=area_share(e),
         n_film_edges=int(n_film_edges if n_film_edges is not None else e.any()),
     )
+
+
+def spurious_batch(
+    h: torch.Tensor,
+    breast: torch.Tensor,
+    markers: torch.Tensor,
+    film_edges: torch.Tensor,
+    border_fraction: float = BORDER_FRACTION,
+) -> dict[str, torch.Tensor]:
+    """:func:`spurious_shares` of a batch of *normalised* maps, on their device.
+
+    Parameters
+    ----------
+    h : float64 (B, H, W) normalised maps (:func:`~mammography.analysis.maps.normalise_batch`).
+    breast, markers, film_edges : bool (B, H, W) masks.
+    border_fraction : width of the border band.
+
+    Returns
+    -------
+    dict of float64 (B,) tensors named like the fields of :class:`SpuriousShares`
+    (shares and areas; a share is 0 where its region is empty).
+    """
+    shape = tuple(h.shape[-2:])
+    band = torch.from_numpy(border_band(shape, border_fraction)).to(h.device).expand(h.shape)
+    outside = ~breast
+    out = {"outside_breast": mass_shares(h, outside), "border": mass_shares(h, band)}
+    for name, region in (("marker", markers), ("film_edge", film_edges)):
+        present = region.flatten(1).any(dim=1)
+        out[name] = torch.where(present, mass_shares(h, region), torch.zeros_like(out["border"]))
+    for name, region in (("outside_breast", outside), ("border", band), ("marker", markers), ("film_edge", film_edges)):
+        out[f"{name}_area"] = area_fractions(region)
+    return out
 
 
 def odds_ratio(share, area) -> np.ndarray:

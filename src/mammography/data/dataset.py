@@ -56,6 +56,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "PreparedImage",
+    "ContentHashes",
     "DecodedImageCache",
     "MammogramDataset",
     "default_cache_dir",
@@ -92,6 +93,46 @@ def _cache_write(path: Path, data) -> None:
         pass
 
 
+class ContentHashes:
+    """SHA-256 of files' contents, memoised by ``(absolute path, size, mtime)``.
+
+    In memory for this object's lifetime and, when ``root`` is given, on
+    disk under ``root/hashes`` (so a later process does not read the file at
+    all). Shared by the decoded-image cache and the image-facts store of
+    :mod:`mammography.analysis`, which key their entries by file content.
+    """
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = None if root is None else Path(root).expanduser()
+        self._memo: dict[tuple[str, int, int], str] = {}
+
+    def __call__(self, path: str | Path, what: str = "image", hint: str = "check the manifest's image_path") -> str:
+        """SHA-256 of the file's bytes (``what`` and ``hint`` name the file and the fix in errors)."""
+        # a FIFO or device would block the hash forever: only regular files are read
+        stat = require_regular_file(path, what, ImageReadError, hint)
+        path = Path(path).resolve()
+        memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if memo_key in self._memo:
+            return self._memo[memo_key]
+        stat_name = sha256_bytes(repr(memo_key).encode())
+        memo_file = None if self.root is None else self.root / "hashes" / stat_name[:2] / stat_name
+        digest = None
+        if memo_file is not None and memo_file.is_file():
+            try:
+                digest = memo_file.read_text()[:64].strip() or None
+            except (OSError, UnicodeDecodeError):
+                digest = None
+        if digest is None:
+            try:
+                digest = sha256_file(path, _HASH_CHUNK)
+            except OSError as exc:
+                raise ImageReadError(f"cannot read {what} {printable(path)}: {exc.strerror or exc}") from None
+            if memo_file is not None:
+                _cache_write(memo_file, digest.encode())
+        self._memo[memo_key] = digest
+        return digest
+
+
 class DecodedImageCache:
     """On-disk cache of prepared model squares (see the module docstring).
 
@@ -110,7 +151,7 @@ class DecodedImageCache:
     def __init__(self, root: str | Path, preprocessing: Preprocessing):
         self.root = Path(root).expanduser()
         self.preprocessing = preprocessing
-        self._hash_memo: dict[tuple[str, int, int], str] = {}
+        self._hashes = ContentHashes(self.root)
 
     @property
     def img_size(self) -> int:
@@ -118,29 +159,8 @@ class DecodedImageCache:
 
     # -- keys ---------------------------------------------------------------
     def content_hash(self, path: str | Path) -> str:
-        """SHA-256 of the file's bytes, memoised by (path, size, mtime)."""
-        # a FIFO or device would block the hash forever: only regular files are read
-        stat = require_regular_file(path, "image", ImageReadError, "check the manifest's image_path")
-        path = Path(path).resolve()
-        memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
-        if memo_key in self._hash_memo:
-            return self._hash_memo[memo_key]
-        stat_name = sha256_bytes(repr(memo_key).encode())
-        memo_file = self.root / "hashes" / stat_name[:2] / stat_name
-        digest = None
-        if memo_file.is_file():
-            try:
-                digest = memo_file.read_text()[:64].strip() or None
-            except (OSError, UnicodeDecodeError):
-                digest = None
-        if digest is None:
-            try:
-                digest = sha256_file(path, _HASH_CHUNK)
-            except OSError as exc:
-                raise ImageReadError(f"cannot read image {printable(path)}: {exc.strerror or exc}") from None
-            _cache_write(memo_file, digest.encode())
-        self._hash_memo[memo_key] = digest
-        return digest
+        """SHA-256 of the file's bytes, memoised by (path, size, mtime) (:class:`ContentHashes`)."""
+        return self._hashes(path)
 
     def key(self, path: str | Path, laterality: str | None = None) -> str:
         """Cache key of ``path`` under this cache's preprocessing."""

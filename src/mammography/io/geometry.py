@@ -176,8 +176,19 @@ class Geometry:
         stacked maps.
         """
         t = torch.as_tensor(heatmap).detach().to("cpu", torch.float32)
+        return self.map_to_original(t, mode=mode).numpy()
+
+    def map_to_original(self, heatmap: torch.Tensor, *, mode: str = "bilinear") -> torch.Tensor:
+        """:meth:`to_original` on the heatmap's own device: float32 tensor (..., H, W).
+
+        Stacked maps are resampled as a batch of one-channel images, which the
+        CPU kernels treat exactly as single maps (as channels of one image they
+        round differently), so a batch equals its maps mapped one by one; on a
+        GPU the measurements of a whole batch stay there.
+        """
+        t = heatmap.detach().to(dtype=torch.float32)
         lead = t.shape[:-2]
-        t = t.reshape(1, -1, *t.shape[-2:])
+        t = t.reshape(-1, 1, *t.shape[-2:])
         # 'nearest' takes no align_corners argument.
         corners = {} if mode == "nearest" else {"align_corners": False}
         if t.shape[-2:] != (self.size, self.size):
@@ -190,10 +201,22 @@ class Geometry:
         t = F.interpolate(t, size=self.original_shape, mode=mode, antialias=use_aa, **corners)
         if self.flipped:
             t = torch.flip(t, dims=[-1])
-        return t.reshape(*lead, *self.original_shape).numpy()
+        return t.reshape(*lead, *self.original_shape)
 
     def to_model(self, image: np.ndarray, *, antialias: bool = True, mode: str = "bilinear") -> np.ndarray:
         """Place an original-resolution array (image or mask) into model space."""
+        t = self.to_resized(image, antialias=antialias, mode=mode)
+        lead = t.shape[:-2]
+        t = t.reshape(1, -1, *t.shape[-2:])
+        out = torch.zeros((t.shape[0], t.shape[1], self.size, self.size), dtype=torch.float32)
+        top, left = self.offset
+        r0, c0, r1, c1 = self.visible_box()
+        out[..., r0:r1, c0:c1] = t[..., r0 - top : r1 - top, c0 - left : c1 - left]
+        return out.reshape(*lead, self.size, self.size).numpy()
+
+    def to_resized(self, image: np.ndarray, *, antialias: bool = True, mode: str = "bilinear") -> torch.Tensor:
+        """An original-resolution array mirrored (when ``flipped``) and resized to ``resized_shape``, the
+        first step of :meth:`to_model` (no padding, no crop): float32 tensor (..., h, w)."""
         t = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)
         if t.shape[-2:] != tuple(self.original_shape):
             raise ConfigError(
@@ -206,11 +229,7 @@ class Geometry:
         use_aa = antialias and mode in ("bilinear", "bicubic")
         t = F.interpolate(t, size=self.resized_shape, mode=mode, antialias=use_aa,
                           **({} if mode == "nearest" else {"align_corners": False}))
-        out = torch.zeros((t.shape[0], t.shape[1], self.size, self.size), dtype=torch.float32)
-        top, left = self.offset
-        r0, c0, r1, c1 = self.visible_box()
-        out[..., r0:r1, c0:c1] = t[..., r0 - top : r1 - top, c0 - left : c1 - left]
-        return out.reshape(*lead, self.size, self.size).numpy()
+        return t.reshape(*lead, *self.resized_shape)
 
 
 def compute_geometry(original_shape: tuple[int, int], size: int = 512, *, flip: bool = False) -> Geometry:

@@ -97,11 +97,16 @@ def analyse_runs(evaluated, options_for) -> tuple[list[RunAnalysis], Consistency
     (analyses, consistency or None, notes) - notes say why there is no consistency.
     """
     from mammography.analysis.run_analysis import analyze_maps, compare_runs
+    from mammography.analysis.store import FactStore
 
-    analyses = [
-        analyze_maps(ev.run, ev.dataset, ev.maps, ev.probs, model=ev.model, options=options_for(ev), check=ev.check)
-        for ev in evaluated
-    ]
+    facts = None  # one store for all the seeds: each image's masks are found once
+    analyses = []
+    for ev in evaluated:
+        options = options_for(ev)
+        facts = facts or FactStore(options.cache_dir)
+        geometries = None if ev.sweep is None else ev.sweep.geometries
+        analyses.append(analyze_maps(ev.run, ev.dataset, ev.maps, ev.probs, model=ev.model, options=options,
+                                     check=ev.check, geometries=geometries, facts=facts))
     notes: list[str] = []
     consistency = None
     if len(analyses) >= 2:

@@ -43,7 +43,6 @@ import io
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +52,7 @@ from PIL import Image
 
 from mammography.atomic import write_atomic
 from mammography.csvfiles import csv_bytes
+from mammography.parallel import map_in_processes, resolve_workers
 from mammography.errors import ConfigError
 from mammography.synth.phantom import Phantom, TARGET_FRACTION_RANGES, make_phantom
 
@@ -262,7 +262,7 @@ def generate_dataset(
     n_workers = _resolve_workers(workers, len(plans))
     rows, compressed = [], 0
     with tqdm(total=len(jobs), desc="phantoms", unit="img", disable=not progress) as bar:
-        for row, was_compressed in _map(_write_image, jobs, n_workers):
+        for row, was_compressed in map_in_processes(_write_image, jobs, n_workers):
             rows.append(row)
             compressed += was_compressed
             bar.update()
@@ -299,23 +299,7 @@ def _write_image(job: tuple) -> tuple[dict, bool]:
 
 def _resolve_workers(workers: int | None, n_images: int) -> int:
     """``None`` = automatic: one process for small sets, else up to 8 CPUs."""
-    if workers is None:
-        return 1 if n_images < 64 else max(1, min(8, os.cpu_count() or 1))
-    return max(1, min(int(workers), n_images))
-
-
-def _map(fn, jobs: list, n_workers: int):
-    """``map(fn, jobs)`` in order, in worker processes when ``n_workers > 1``."""
-    if n_workers <= 1:
-        yield from map(fn, jobs)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # spawn: the caller may hold threads (torch, tqdm) that fork would copy badly
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
-        yield from pool.map(fn, jobs, chunksize=4)
+    return resolve_workers(workers, n_images)
 
 
 # ---------------------------------------------------------------------------

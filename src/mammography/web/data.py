@@ -287,12 +287,14 @@ def _analyse(run_images, sweeps, checks, options) -> tuple[list[_RunAttention], 
     Returns the per-run measurements and image path -> ImageConsistency.
     """
     from mammography.analysis.run_analysis import analyze_maps, compare_runs
+    from mammography.analysis.store import FactStore
 
     attention = []
+    facts = FactStore(options.cache_dir)  # each image's masks found once for all the runs
     for ri, sweep, check in zip(run_images, sweeps, checks):
         run = ri.run
         analysis = analyze_maps(run, run.dataset(options.cache_dir), sweep.maps[options.layer], sweep.probs,
-                                options=options, check=check)
+                                options=options, check=check, geometries=sweep.geometries, facts=facts)
         attention.append(_RunAttention(analysis, {p: i for i, p in enumerate(sweep.image_paths)}))
     consistency = {}
     if len(attention) >= 2 and set.intersection(*(set(a.index) for a in attention)):
