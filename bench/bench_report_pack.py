@@ -144,7 +144,7 @@ def main() -> int:
         p.error("give --runs or --make-demo")
     runs = [load_run(s) for s in specs]
     device = resolve_device(args.device)
-    workers = resolve_num_workers(args.num_workers)
+    workers = resolve_num_workers(args.num_workers, device)
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-report-"))
     options = ReportOptions(assets_dir=work / "Article" / "assets", tex=work / "Article" / "sections" / "d.tex",
                             markdown=work / "Article" / "d.md", device=args.device, batch_size=args.batch_size,

@@ -102,8 +102,9 @@ def _add_num_workers(group) -> None:
 
     group.add_argument("--num-workers", type=_workers_arg, default=None, metavar="N",
                        help="processes that decode images while the model runs: a number, 0 = decode in the "
-                            f"main process, or auto (default: auto, {default_num_workers()} on this machine: one "
-                            "core stays with the model, at most 4)")
+                            f"main process, or auto (default: with the model on a GPU every core but one, at most "
+                            f"4: {default_num_workers('cuda')} here; on the CPU the cores torch's threads leave "
+                            f"free: {default_num_workers('cpu')} here)")
 
 
 def _add_cache(group) -> None:

@@ -160,7 +160,7 @@ def image_batches(dataset, batch_size: int, device: torch.device, num_workers: i
     """Yield ``(inputs, geometries)`` batches of ``dataset`` in order, normalised on ``device``.
 
     Decoding and geometry run in ``num_workers`` DataLoader worker processes
-    (``None``/``"auto"``: :func:`mammography.machine.default_num_workers`;
+    (``None``/``"auto"``: :func:`mammography.machine.default_num_workers` for ``device``;
     0: in this process); the normalisation by the run's mean and std runs on
     ``device`` (:meth:`~mammography.data.preprocess.Preprocessing.normalise`),
     giving exactly the tensors of ``dataset[i]["image"]``.
@@ -169,7 +169,7 @@ def image_batches(dataset, batch_size: int, device: torch.device, num_workers: i
 
     from mammography.machine import resolve_num_workers
 
-    workers = min(resolve_num_workers(num_workers), max(0, (len(dataset) - 1) // int(batch_size)))
+    workers = min(resolve_num_workers(num_workers, device), max(0, (len(dataset) - 1) // int(batch_size)))
     loader = DataLoader(_Prepared(dataset), batch_size=int(batch_size), shuffle=False, num_workers=workers,
                         collate_fn=_collate, pin_memory=device.type == "cuda",
                         worker_init_fn=_worker_init if workers else None)
