@@ -224,6 +224,18 @@ def test_faithfulness_flag_adds_the_faithfulness_table(runs, tmp_path):
     assert "tab:attention-consistency" not in tex
 
 
+def test_no_marker_occlusion_leaves_out_the_occlusion_columns_and_says_so(runs, tmp_path):
+    _, dirs, cache = runs
+    article = tmp_path / "Article"
+    report_pack(dirs[:1], options=_options(article, cache, marker_occlusion=False))
+    table = pd.read_csv(article / "assets" / "attention" / "seed42" / "attention_per_image.csv")
+    assert "marker_share" in table.columns
+    assert not [c for c in table.columns if c.startswith("marker_occlusion")]
+    manifest = json.loads((article / "assets" / MANIFEST_NAME).read_text())
+    assert manifest["parameters"]["marker_occlusion"] is False
+    assert "--no-marker-occlusion" in (article / "sections" / "density_model.tex").read_text()
+
+
 @pytest.mark.latex
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
 def test_article_with_the_attention_section_compiles(packed, tmp_path):

@@ -107,6 +107,14 @@ def _add_num_workers(group) -> None:
                             f"free: {default_num_workers('cpu')} here)")
 
 
+def _add_marker_occlusion(group) -> None:
+    """The one --no-marker-occlusion flag (analyze, report-pack)."""
+    group.add_argument("--no-marker-occlusion", dest="marker_occlusion", action="store_false",
+                       help="skip painting the markers over (one forward pass per image whose markers the model "
+                            "saw: on a CPU about as long as the Grad-CAM pass itself) and flag markers by the "
+                            "heatmap share alone")
+
+
 def _add_cache(group) -> None:
     """The one --cache-dir / --no-cache pair: the decoded-image cache and the sweep records kept in it."""
     group.add_argument("--cache-dir", type=_path, metavar="DIR",
@@ -623,9 +631,7 @@ def _add_analyze(sub):
                     help="... when its share on detected markers is more than X times the markers' area share")
     th.add_argument("--max-flag-rate", type=float, default=0.1, metavar="RATE",
                     help="a run is flagged for a kind when more than this share of its images is flagged for it")
-    th.add_argument("--no-marker-occlusion", dest="marker_occlusion", action="store_false",
-                    help="skip painting the markers over (one forward pass per image) and flag markers by the "
-                         "heatmap share alone")
+    _add_marker_occlusion(th)
     th.add_argument("--min-rank-correlation", type=float, default=0.5, metavar="RHO",
                     help="seed pairs below this Spearman rho attend to different regions")
     th.add_argument("--min-top-iou", type=float, default=0.3, metavar="IOU",
@@ -792,6 +798,7 @@ def _add_report_pack(sub):
                           "(extra forward passes on a seeded sample of images per run)")
     att.add_argument("--faithfulness-images", type=int, default=16, metavar="N",
                      help="images per run for --faithfulness (half as many for the sanity check); e.g. 32")
+    _add_marker_occlusion(att)
     p.set_defaults(handler=_run_report_pack, cam_heavy=True)
 
 
@@ -808,7 +815,7 @@ def _run_report_pack(args) -> int:
         colormap=args.colormap, alpha=args.alpha, device=args.device, batch_size=args.batch_size,
         num_workers=args.num_workers, strict=args.strict, cache_dir=_cache_dir(args), progress=args.progress,
         analysis=args.analysis, roi_dir=args.roi_dir, manifest=args.manifest, faithfulness=args.faithfulness,
-        faithfulness_images=args.faithfulness_images, layout=args.layout,
+        faithfulness_images=args.faithfulness_images, marker_occlusion=args.marker_occlusion, layout=args.layout,
     )
     options = dataclasses.replace(options, command=command_line(args.runs, args.cv_runs, options))
     # the explorer of --site reads the pack's sweeps: from the cache's record store, or without a cache from memory

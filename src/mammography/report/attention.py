@@ -65,12 +65,14 @@ class AttentionSettings:
         fill in what the runs' predictions lack.
     faithfulness : also run deletion/insertion and the randomisation sanity check.
     faithfulness_images : images per run for those checks (a seeded sample).
+    marker_occlusion : paint the markers over and measure the prediction's change.
     """
 
     roi_dir: Path | None = None
     manifest: Path | None = None
     faithfulness: bool = False
     faithfulness_images: int = 16
+    marker_occlusion: bool = True
 
 
 def analysis_options(settings: AttentionSettings, *, method: str, layer: str, batch_size: int,
@@ -80,7 +82,8 @@ def analysis_options(settings: AttentionSettings, *, method: str, layer: str, ba
         method=method, layer=layer, batch_size=batch_size, device=device, cache_dir=cache_dir,
         roi_dir=settings.roi_dir, manifest=settings.manifest, faithfulness=settings.faithfulness,
         faithfulness_images=settings.faithfulness_images, sanity=settings.faithfulness,
-        sanity_images=max(1, settings.faithfulness_images // 2), progress=progress,
+        sanity_images=max(1, settings.faithfulness_images // 2), marker_occlusion=settings.marker_occlusion,
+        progress=progress,
     )
 
 

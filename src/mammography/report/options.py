@@ -75,6 +75,9 @@ class ReportOptions:
         predictions have no ``roi_path`` (localisation).
     faithfulness : also run deletion/insertion and the randomisation sanity
         check on ``faithfulness_images`` images per run.
+    marker_occlusion : paint each image's markers over and measure how the
+        prediction changes (one forward pass per image whose markers the
+        model saw); ``False`` flags markers by the heatmap share alone.
     layout : how the LaTeX places wide figures and tables: ``auto`` (the
         article's column mode, detected when it is compiled), ``onecolumn``
         or ``twocolumn`` (:mod:`mammography.report.texlayout`).
@@ -104,6 +107,7 @@ class ReportOptions:
     manifest: Path | None = None
     faithfulness: bool = False
     faithfulness_images: int = 16
+    marker_occlusion: bool = True
     layout: str = "auto"
 
     def validate(self) -> None:
@@ -134,9 +138,10 @@ class ReportOptions:
             raise ConfigError(f"--manifest {self.manifest} does not exist; give the manifest CSV of the images")
         if self.faithfulness_images < 1:
             raise ConfigError(f"--faithfulness-images must be at least 1, got {self.faithfulness_images}")
-        if (self.faithfulness or self.roi_dir is not None or self.manifest is not None) and not self.analysis:
-            raise ConfigError("--no-analysis turns the attention analysis off; drop --faithfulness, --roi-dir and "
-                              "--manifest, or drop --no-analysis")
+        if (self.faithfulness or self.roi_dir is not None or self.manifest is not None
+                or not self.marker_occlusion) and not self.analysis:
+            raise ConfigError("--no-analysis turns the attention analysis off; drop --faithfulness, --roi-dir, "
+                              "--manifest and --no-marker-occlusion, or drop --no-analysis")
         get_colormap(self.colormap)
         check_layout(self.layout)
         # figure paths in the .tex must be readable by TeX: check the folders before any work
@@ -171,6 +176,7 @@ class ReportOptions:
             "manifest": None if self.manifest is None else Path(self.manifest).as_posix(),
             "faithfulness": self.faithfulness,
             "faithfulness_images": self.faithfulness_images,
+            "marker_occlusion": self.marker_occlusion,
             "layout": self.layout,
         }
 
@@ -211,4 +217,6 @@ def command_line(runs=(), cv_runs=(), options: ReportOptions | None = None) -> s
         argv.append("--faithfulness")
         if options.faithfulness_images != default.faithfulness_images:
             argv += ["--faithfulness-images", str(options.faithfulness_images)]
+    if not options.marker_occlusion:
+        argv.append("--no-marker-occlusion")
     return shlex.join(argv)

@@ -296,7 +296,8 @@ def _attention(pack: AssetBatch, evaluated: list[EvaluatedRun], options: ReportO
 
     t0 = time.perf_counter()
     settings = AttentionSettings(roi_dir=options.roi_dir, manifest=options.manifest,
-                                 faithfulness=options.faithfulness, faithfulness_images=options.faithfulness_images)
+                                 faithfulness=options.faithfulness, faithfulness_images=options.faithfulness_images,
+                                 marker_occlusion=options.marker_occlusion)
     method = canonical_method(options.method)
 
     def options_for(ev):
