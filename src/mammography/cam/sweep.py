@@ -50,6 +50,7 @@ __all__ = [
     "FORMAT_VERSION",
     "RunMaps",
     "TARGET_MODES",
+    "cam_batch",
     "load_run_maps",
     "parse_target",
     "sweep_run",
@@ -77,6 +78,9 @@ class RunMaps:
     method, target_mode : what was computed.
     run_id, run_path, checkpoint_sha256 : which checkpoint.
     preprocessing : the run's preprocessing record (``Preprocessing.to_record()``).
+    errors : per image, empty or why it could not be explained (its
+        probabilities are then NaN and its maps zero); empty list = none
+        (a sweep stops at an unreadable image; a cluster job records it).
     """
 
     maps: dict[str, np.ndarray]
@@ -92,6 +96,7 @@ class RunMaps:
     run_path: str
     checkpoint_sha256: str
     preprocessing: dict = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
 
     # -- views ------------------------------------------------------------------
     @property
@@ -287,6 +292,29 @@ def _batch_targets(targets, labels0: torch.Tensor):
 # --------------------------------------------------------------------------- the sweep
 
 
+def cam_batch(cam, preprocessing, prepared: Sequence, y_true: np.ndarray, targets: str | int = "predicted") -> dict:
+    """One batch of the sweep: maps, logits, probabilities and targets of prepared images.
+
+    Parameters
+    ----------
+    cam : a CAM from :func:`mammography.cam.methods.create_cam` (inside its ``with``).
+    preprocessing : the run's :class:`~mammography.data.preprocess.Preprocessing`
+        (normalises the squares into the model input).
+    prepared : :class:`~mammography.data.preprocess.PreparedImage` per image.
+    y_true : (B,) BI-RADS labels 1..4 (used by ``targets="true"``).
+    targets : as for :func:`sweep_run`.
+
+    Returns
+    -------
+    dict of numpy arrays: ``maps/<layer>``, ``logits``, ``probs``, ``targets``
+    (:meth:`mammography.cam.result.CAMResult.numpy`).
+    """
+    images = torch.stack([preprocessing.to_tensor(p) for p in prepared])
+    labels0 = torch.as_tensor(np.asarray(y_true, dtype=np.int64) - 1)
+    return cam(images, targets=_batch_targets(targets, labels0)).numpy()
+
+
+
 def sweep_run(
     run,
     layers: LayerSpec = None,
@@ -361,9 +389,7 @@ def sweep_run(
             idx = range(start, min(start + int(batch_size), len(dataset)))
             prepared = [dataset.prepared(i) for i in idx]  # decoded once: square and geometry
             geometries.extend(p.geometry for p in prepared)
-            images = torch.stack([dataset.to_tensor(p) for p in prepared])
-            labels0 = torch.as_tensor(y_true[start : start + len(idx)] - 1)
-            parts.append(cam(images, targets=_batch_targets(targets, labels0)).numpy())
+            parts.append(cam_batch(cam, dataset.preprocessing, prepared, y_true[start : start + len(idx)], targets))
         layer_names = cam.layer_names
     arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     return RunMaps(
