@@ -337,3 +337,30 @@ def test_ray_workers_killed_mid_job_are_retried_with_identical_output(ray_job, a
     _assert_same_output(reference, out)
     cam_workers = {c["workers"]["cam"].split(":")[1] for c in load_job(out)["chunks"]}
     assert cam_workers - {str(killed["cam"])}  # a restarted actor finished the job
+
+
+def test_readme_queries_run_on_a_job(local_job, tmp_path, monkeypatch):
+    """The README's DuckDB and pandas examples, run as written on a job in outputs/archive."""
+    import re
+    import subprocess
+    import sys
+
+    duckdb = pytest.importorskip("duckdb")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Running on a cluster", 1)[1].split("\n## ", 1)[0]
+    (sql,) = re.findall(r"^```sql\n(.*?)^```", section, re.S | re.M)
+    (py,) = re.findall(r"^```py\n(.*?)^```", section, re.S | re.M)
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "archive").symlink_to(local_job.out_dir)
+    monkeypatch.chdir(tmp_path)
+    statements = [s for s in sql.split(";") if "SELECT" in s]
+    results = [duckdb.sql(s).df() for s in statements]
+    by_class, disagree, unreadable = results
+    assert len(by_class) == 8 and by_class["images"].sum() == 80
+    table = read_table(local_job.out_dir)
+    ok = table[table["error"] == ""]
+    assert len(disagree) == int((ok.groupby("image_path")["y_pred"].nunique() > 1).sum())
+    assert unreadable["archive_index"].tolist() == [5, 20]
+    out = subprocess.run([sys.executable, "-c", py], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "marker_flag" in out.stdout and "marker_share" in out.stdout

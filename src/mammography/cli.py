@@ -493,6 +493,10 @@ def _run_explain_archive(args, layers) -> int:
     from mammography.distributed.job import explain_archive
     from mammography.distributed.plan import MetricSettings
 
+    from mammography.errors import ConfigError
+
+    if args.engine != "ray" and (args.address or args.actors or args.gpus_per_actor or args.num_cpus):
+        raise ConfigError("--address, --actors, --gpus-per-actor and --num-cpus are Ray's; add --engine ray")
     settings = MetricSettings(analysis_size=args.analysis_size, dense_source=args.dense_source,
                               marker_occlusion=args.marker_occlusion)
     out = args.out or Path("outputs/archive")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -331,6 +331,3 @@ class ArchivePlan:
             if groups:
                 units.append(Unit(chunk, tuple(groups), self.settings, str(store.root), int(batch_size)))
         return units, done
-
-    def with_settings(self, settings: MetricSettings) -> "ArchivePlan":
-        return replace(self, settings=settings)

@@ -47,8 +47,8 @@ def _runs_table(summary) -> TextTable:
         headers=("Run", "Images", "Errors", "Acc.", *[_KIND_HEADERS[k] for k in kinds], "Run flagged\nfor"),
         rows=tuple(rows),
         notes=(f"A run is flagged for a kind when more than {format_percent(thresholds['max_flag_rate'])} of its "
-               "images are, or when its mean ratio exceeds the per-image threshold. Acc.: accuracy against the "
-               "manifest's labels.",),
+               "images are, or when its mean ratio exceeds the per-image threshold. Errors: images that could not "
+               "be read (not counted in the rates). Acc.: accuracy against the manifest's labels.",),
     )
 
 

@@ -357,7 +357,8 @@ class ArchiveSummary:
         """A few lines for the terminal."""
         out = []
         for r in self.runs:
-            verdict = f"flagged ({', '.join(r['reasons'])})" if r["reasons"] else "not flagged"
+            verdict = (f"flagged ({', '.join(k.replace('_', ' ') for k in r['reasons'])})" if r["reasons"]
+                       else "not flagged")
             acc = "" if not np.isfinite(r["accuracy"]) else f", accuracy {100 * r['accuracy']:.1f} %"
             errors = f", {r['n_errors']} unreadable" if r["n_errors"] else ""
             out.append(f"run {r['label']}: {r['n_images']} images{errors}{acc}; spurious attention {verdict} "
