@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -270,12 +271,16 @@ def node_model(args, c: dict, j2k: float) -> None:
           f"{c['facts_ms']:.0f} + {runs} x (forward+CAM {c['cam_ms']:.0f} + occlusion "
           f"{c['marker_share']:.2f} x {c['forward_ms']:.0f} + metrics {c['metrics_ms']:.0f} + write "
           f"{c['write_ms']:.0f}) = {cpu_ms:.0f}")
-    print(f"CPU node: {cpu_node:,.0f} images/hour -> {args.target_images / (cpu_node * night):.1f} nodes "
+    print(f"CPU node: {cpu_node:,.0f} images/hour -> {nodes(args.target_images / (cpu_node * night))} "
           f"for {args.target_images:,} images")
     bound = "its CPUs (decoding)" if gpu_cpu_side < gpu_side else "the GPU"
     print(f"GPU node: GPU side {3600 * gpu_side:,.0f} images/hour ({args.gpu_img_s:g} img/s per GPU), CPU side "
           f"{3600 * gpu_cpu_side:,.0f} images/hour on {feeder_cores} cores -> {gpu_node:,.0f} images/hour, bound by "
-          f"{bound} -> {args.target_images / (gpu_node * night):.1f} nodes for {args.target_images:,} images")
+          f"{bound} -> {nodes(args.target_images / (gpu_node * night))} for {args.target_images:,} images")
+
+
+def nodes(needed: float) -> str:
+    return f"{needed:.2f} node-nights = {max(1, math.ceil(needed - 1e-9))} node(s)"
 
 
 def size_arg(text: str):

@@ -94,15 +94,15 @@ def _assert_same_output(a: Path, b: Path) -> None:
 # ----------------------------------------------------------------------------- the job, in this process
 
 
-def test_job_equals_the_single_machine_sweep_for_two_runs(local_job):
+def _assert_matches_the_sweep(job_dir: Path) -> None:
+    """Each run's sharded record holds the single-machine sweep's predictions and maps (within 1e-5)."""
     from mammography.cam.sweep import sweep_run
     from mammography.runs import load_run
 
-    assert local_job.n_images == 42 and local_job.n_shards == 7 and local_job.computed == 14
     for spec, folder in zip(RUNS, FOLDERS):
         run = load_run(spec)
         sweep = sweep_run(run, device="cpu", progress=False)
-        record = load_record(local_job.out_dir / "runs" / folder)
+        record = load_record(job_dir / "runs" / folder)
         assert record.info["shards"] and len(record.info["shards"]) == 7
         maps = record.to_run_maps()
         where = {p: i for i, p in enumerate(maps.image_paths)}
@@ -114,6 +114,11 @@ def test_job_equals_the_single_machine_sweep_for_two_runs(local_job):
         assert [maps.geometries[i] for i in rows] == sweep.geometries
         assert record.provenance["checkpoint_sha256"] == run.checkpoint_sha256
         assert record.provenance["preprocessing"] == run.preprocessing.to_record()
+
+
+def test_job_equals_the_single_machine_sweep_for_two_runs(local_job):
+    assert local_job.n_images == 42 and local_job.n_shards == 7 and local_job.computed == 14
+    _assert_matches_the_sweep(local_job.out_dir)
 
 
 def test_unreadable_images_are_rows_with_their_error(local_job):
@@ -272,6 +277,7 @@ def ray_job(ray_instance, archive, in_fixtures, tmp_path_factory):
 @needs_ray
 def test_ray_job_writes_what_one_process_writes(ray_job, local_job, capsys):
     out, argv = ray_job
+    _assert_matches_the_sweep(out)
     _assert_same_output(local_job.out_dir, out)
     job = load_job(out)
     assert job["history"][-1]["engine"]["engine"] == "ray"
