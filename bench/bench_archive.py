@@ -176,7 +176,7 @@ def part2(args, work: Path) -> dict:
     from mammography.cam.sweep import cam_batch
     from mammography.distributed import explain_archive
     from mammography.distributed.plan import MetricSettings
-    from mammography.distributed.stages import image_facts
+    from mammography.analysis.facts import FACTS_WINDOW, facts_from_mammogram
     from mammography.io import prepare_input, read_mammogram, with_orientation
 
     torch.set_num_threads(1)
@@ -191,15 +191,17 @@ def part2(args, work: Path) -> dict:
     for row in table.to_dict(orient="records"):
         syntax = pydicom.dcmread(row["image_path"], stop_before_pixels=True).file_meta.TransferSyntaxUID
         kind = "JPEG 2000" if syntax.is_compressed else "uncompressed"
-        mammogram, t = timed(lambda: read_mammogram(row["image_path"], percentile_window="breast"))
+        mammogram, t = timed(lambda: read_mammogram(row["image_path"], percentile_window=FACTS_WINDOW))
         decode[kind].append(t)
         # the rest of Preprocessing.prepare (fit-pad): orientation, resize with antialiasing, pad, quantise
         _, t = timed(lambda: prep.quantise(prepare_input(with_orientation(mammogram, laterality_hint=row["laterality"]),
                                                          size=512, normalise_laterality=True)[0]))
         prepare.append(t)
-        p = prep.prepare(row["image_path"], row["laterality"])
+        p = prep.prepare_mammogram(mammogram, row["laterality"])
         prepared.append(p)
-        _, t = timed(lambda: image_facts(p, row, settings))
+        # what the job's facts stage does: the facts found on the decoded image, then placed in the model square
+        _, t = timed(lambda: facts_from_mammogram(mammogram, settings.analysis_size).in_model(p.geometry)
+                     .background(p.square))
         facts.append(t)
     decode_ms = {k: median_ms(v) for k, v in decode.items() if v}
     preprocess_ms = median_ms(prepare)

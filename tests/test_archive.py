@@ -156,6 +156,74 @@ def test_table_metrics_are_those_of_analyze(local_job):
         assert mine.loc[theirs.index, flag].tolist() == theirs[flag].tolist()
 
 
+def _analyze_on_the_job_maps(job_dir: Path, folder: str, run_spec, options):
+    """``analyze_run`` of a run, fed the job's own maps and probabilities (its record, served from a
+    MemoryStore as a stored sweep record is), so that any difference is in the measurement alone."""
+    from mammography.analysis import analyze_run
+    from mammography.cam.store import MemoryStore, SweepKey
+    from mammography.runs import load_run
+
+    run = load_run(run_spec)
+    maps = load_record(job_dir / "runs" / folder).to_run_maps()
+    where = {p: i for i, p in enumerate(maps.image_paths)}
+    maps = maps.select([where[str(p)] for p in run.predictions["image_path"]])
+    store = MemoryStore()
+    store.put(maps, SweepKey.of(run, maps.method, maps.target_mode))
+    return analyze_run(run, options, store=store)
+
+
+_METRICS = ["outside_breast_share", "outside_breast_area", "border_share", "border_area", "marker_share",
+            "marker_area", "film_edge_share", "film_edge_area", "n_markers", "n_film_edges", "iou", "dice",
+            "pointing_hit", "energy_pointing", "roi_area_share", "dense_mass_share", "dense_area_share",
+            "dense_margin", "attended_breast_share", "marker_occlusion_prob", "marker_occlusion_drop",
+            "outside_breast_ratio", "border_ratio", "marker_enrichment", "film_edge_ratio"]
+_FLAGS = ["marker_occlusion_flip", "outside_breast_flag", "border_flag", "marker_flag", "film_edge_flag",
+          "spurious_flag"]
+
+
+@pytest.fixture(scope="module")
+def fit_pad_job(tmp_path_factory):
+    """This project's fit-pad run on phantoms whose manifest gives ROI and breast masks and a marker box per
+    image (the job reads each file once for the facts and the model input), measured with ``--dense-source roi``."""
+    from _runs import phantom_rows, write_run
+
+    from mammography.distributed import MetricSettings
+
+    root = tmp_path_factory.mktemp("fitpad")
+    rows = phantom_rows(root / "phantoms", n=8, seed=5, size=(160, 128), shortcut=2, class_mix=(0.25,) * 4)
+    run = write_run(root / "run", rows, seed=7)
+    manifest = root / "archive.csv"
+    rows.to_csv(manifest, index=False)
+    result = explain_archive(manifest, [str(run)], root / "job", engine="local", shard_size=3, progress=False,
+                             settings=MetricSettings(analysis_size=96, dense_source="roi"))
+    return result, run, rows
+
+
+@pytest.mark.parametrize("case", ["pipelines-crop, dense estimate", "fit-pad with mask files, dense roi"])
+def test_job_metrics_are_analyze_run_metrics(case, local_job, fit_pad_job):
+    """One implementation: on the same maps, every per-image attention metric, the marker occlusion and the
+    flags of the job table are analyze_run's (same analysis size, dense source and marker occlusion)."""
+    from mammography.analysis import AnalysisOptions
+
+    if case.startswith("pipelines"):
+        job_dir, folder, spec = local_job.out_dir, FOLDERS[0], RUNS[0]
+        options = AnalysisOptions(analysis_size=256, dense_source="estimate", device="cpu")
+    else:
+        result, spec, rows = fit_pad_job
+        job_dir, folder = result.out_dir, result.runs[0].folder
+        options = AnalysisOptions(analysis_size=96, dense_source="roi", device="cpu")
+        assert rows["artifact_bbox"].fillna("").ne("").any() and rows["roi_path"].notna().all()
+    theirs = _analyze_on_the_job_maps(job_dir, folder, spec, options).table.set_index("image_path")
+    mine = read_table(job_dir, runs=[folder]).set_index("image_path").loc[theirs.index]
+    assert (mine["error"] == "").all() and (mine["y_pred"] == theirs["y_pred"]).all()
+    assert mine["n_markers"].gt(0).any()
+    if case.startswith("fit-pad"):  # (the earlier project's centre crop cuts the fixtures' markers out)
+        assert theirs["iou"].notna().all() and theirs["marker_occlusion_prob"].notna().sum() >= 2
+    np.testing.assert_allclose(mine[_METRICS].astype(float).to_numpy(), theirs[_METRICS].astype(float).to_numpy(),
+                               atol=1e-6, rtol=0, equal_nan=True)
+    assert mine[_FLAGS].astype(bool).equals(theirs[_FLAGS].astype(bool))
+
+
 def test_rerun_skips_finished_shards_and_redoes_a_missing_one(local_job, archive, tmp_path):
     out = tmp_path / "job"
     shutil.copytree(local_job.out_dir, out)

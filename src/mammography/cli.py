@@ -501,7 +501,8 @@ def _add_explain(sub):
             "every run, as a Ray Data job (--engine ray; or --engine local, in this process): per run the\n"
             "same sweep record, in content-identified shards (OUT/runs/<run>), one Parquet table of\n"
             "predictions, attention metrics, flags and errors (OUT/table), image facts (OUT/facts) and\n"
-            "OUT/job.json. Rerunning the command skips the shards already written."
+            "OUT/job.json; the maps of the measured layer (features.8) alone unless --layers names more.\n"
+            "Rerunning the command skips the shards already written."
         ),
         epilog=(
             "examples:\n"
@@ -598,9 +599,11 @@ def _run_explain(args) -> int:
     from mammography.cam.explain import explain_runs, parse_target
     from mammography.errors import ConfigError
 
+    from mammography.cam.layers import split_layer_args
+
+    if args.manifest is not None:  # an archive keeps the measured layer alone unless asked: its maps add up
+        return _run_explain_archive(args, split_layer_args(args.layers) or None)
     layers = _layers(args)
-    if args.manifest is not None:
-        return _run_explain_archive(args, layers)
     if args.engine == "ray":
         raise ConfigError("--engine ray explains an archive: give its manifest with --manifest FILE")
     outputs = explain_runs(

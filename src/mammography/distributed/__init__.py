@@ -28,8 +28,12 @@ folder with ``pandas.read_parquet("DIR/table")`` or DuckDB's
   an error row);
 * orientation as the image was prepared: ``laterality``, ``laterality_source``,
   ``view``, ``view_source``;
-* attention metrics of the deepest layer's map on the analysis grid
-  (:mod:`mammography.analysis`): ``{kind}_share`` and ``{kind}_area`` for
+* attention metrics of the deepest layer's map on the analysis grid, by
+  ``mammography analyze``'s own code (the image facts of
+  :mod:`mammography.analysis.facts`, measured by
+  :func:`mammography.analysis.measure.measure_images`: the same numbers
+  ``analyze`` gives for the same image, run and settings):
+  ``{kind}_share`` and ``{kind}_area`` for
   ``outside_breast``, ``border``, ``marker``, ``film_edge``; ``n_markers``,
   ``n_film_edges``; ``marker_occlusion_prob``, ``marker_occlusion_drop``,
   ``marker_occlusion_flip`` (with marker occlusion); ``dense_mass_share``,

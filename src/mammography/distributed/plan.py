@@ -14,9 +14,11 @@ chunk. A shard's id is a hash of everything that decides its content:
 Rerunning a job therefore finds the shards it already wrote, whenever and
 wherever they were written, and recomputes exactly those whose inputs
 changed. Image facts (breast, markers, film edges, dense tissue, ROI on the
-analysis grid) depend on the image and the preprocessing only: runs that share
-a preprocessing record form a *group*, whose facts are computed once per
-chunk.
+analysis grid; :mod:`mammography.analysis.facts`) belong to the image alone
+and are found once per image; runs that share a preprocessing record form a
+*group*, which prepares each image once for all its runs and writes the
+chunk's facts file with the image as its model saw it (orientation,
+background level).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mammography.analysis.facts import FACTS_VERSION
 from mammography.analysis.localisation import ATTENTION_THRESHOLD
 from mammography.analysis.spurious import BORDER_FRACTION, SpuriousThresholds
 from mammography.errors import ConfigError
@@ -53,8 +56,10 @@ log = logging.getLogger(__name__)
 
 #: images per shard: one stored chunk of every layer's maps (``mammography.cam.record.CHUNK_IMAGES``)
 DEFAULT_SHARD_SIZE = 256
-#: version of the job table's columns (part of every shard id: a new layout never reuses old shards)
-TABLE_VERSION = 1
+#: version of the job table's columns and of how they are computed (part of every shard id: a new
+#: layout never reuses old shards). 2: the metrics measured on the analysis's image facts
+#: (:mod:`mammography.analysis.facts`), found on the image itself, as ``analyze`` measures them
+TABLE_VERSION = 2
 #: where the dense-tissue mask of the pattern metrics comes from
 DENSE_SOURCES = ("estimate", "roi")
 #: manifest columns that travel with each image (None where the manifest has none)
@@ -79,7 +84,7 @@ class MetricSettings:
     attention_threshold : normalised attention counted as attended (IoU, attended breast share).
     dense_source : ``"estimate"`` (breast pixels above Otsu's threshold, the
         pectoral muscle left out) or ``"roi"`` (the manifest's ``roi_path``
-        masks; images without one get no pattern metrics).
+        masks; images without one get NaN dense-tissue metrics).
     marker_occlusion : also paint each image's markers over and record how
         much the predicted class's probability drops (one more forward pass
         per image with markers).
@@ -295,11 +300,11 @@ class ArchivePlan:
     # -- ids --------------------------------------------------------------------
     def shard_id(self, run: RunSpec, chunk: Chunk) -> str:
         return content_id({"run": run.identity(), "settings": self.settings.to_dict(), "images": chunk.key,
-                           "table_version": TABLE_VERSION})
+                           "table_version": TABLE_VERSION, "facts_version": FACTS_VERSION})
 
     def facts_id(self, preprocessing: dict, chunk: Chunk) -> str:
         return content_id({"preprocessing": preprocessing, "settings": self.settings.to_dict(),
-                           "images": chunk.key, "table_version": TABLE_VERSION})
+                           "images": chunk.key, "table_version": TABLE_VERSION, "facts_version": FACTS_VERSION})
 
     def groups(self) -> dict[str, list[RunSpec]]:
         """Runs by preprocessing group, in the order first seen."""

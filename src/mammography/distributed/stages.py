@@ -1,22 +1,25 @@
 """The three stages of an archive job, as plain Python: Ray runs them, so can one process.
 
-1. :func:`prepare_unit` (CPU task): every image of a chunk made into each
-   group's model input by :meth:`Preprocessing.prepare
+1. :func:`prepare_unit` (CPU task): every image of a chunk read once, with
+   :func:`mammography.io.read_mammogram`, and its image facts found on it by
+   the analysis's own code (:func:`mammography.analysis.facts.facts_from_mammogram`:
+   breast, markers, film edges, pectoral muscle, dense-tissue estimate, the
+   manifest's ROI, on the analysis grid -- what ``mammography analyze``
+   measures against). Then each group's model input: :meth:`Preprocessing.prepare
    <mammography.data.preprocess.Preprocessing.prepare>` (the one function that
-   makes a run's input), and its image facts on the analysis grid: breast,
-   markers and film edges (:func:`mammography.analysis.image_regions`), dense
-   tissue (:func:`mammography.analysis.estimate_dense_tissue` without the
-   pectoral muscle, or the manifest's ROI), the ROI. An image that cannot be
-   read or measured gets an error text instead; the chunk goes on.
+   makes a run's input), from the same decoded image where the group reads
+   files as the facts do (this project's fit-pad runs), and the facts as that
+   model saw them (:meth:`~mammography.analysis.facts.ImageFacts.in_model`:
+   where the marker occlusion paints, with which background). An image that
+   cannot be read or measured gets an error text instead; the chunk goes on.
 2. :class:`CamStage` (actor: one model copy per run, loaded once): the
    sweep's batches (:func:`mammography.cam.sweep.cam_batch`) over the
-   readable images, and the marker occlusion of images with markers
-   (:func:`mammography.analysis.faithfulness.occlusion_probabilities`).
-3. :func:`finish_unit` (CPU task): per image and run the attention metrics
-   (:func:`~mammography.analysis.spurious_shares`,
-   :func:`~mammography.analysis.pattern_metrics`,
-   :func:`~mammography.analysis.localisation_metrics`, flags by
-   :func:`mammography.analysis.spurious.image_flags`), then the shard written:
+   readable images, and the marker occlusion of images whose markers the
+   model saw (:func:`mammography.analysis.faithfulness.occlusion_probabilities`).
+3. :func:`finish_unit` (CPU task): per run the attention metrics of all the
+   chunk's images at once (:func:`mammography.analysis.measure.measure_images`,
+   flags by :func:`mammography.analysis.spurious.image_flags`: analyze's own
+   functions, so the job's numbers are analyze's), then the shard written:
    table part, record (:mod:`mammography.distributed.store`).
 
 Timings of each stage are returned with the shard (the job manifest keeps
@@ -36,26 +39,27 @@ import pandas as pd
 
 from mammography.data.labels import CLASS_LETTERS
 from mammography.distributed.plan import GroupWork, MetricSettings, ShardTask, Unit
-from mammography.errors import ImageReadError, MammographyError, printable
+from mammography.errors import MammographyError, printable
 
 __all__ = [
     "CamStage",
     "ExplainedUnit",
-    "ImageFacts",
+    "MarkerPaint",
     "PreparedGroup",
     "PreparedUnit",
+    "ReadImage",
     "RunResult",
     "facts_table",
     "finish_unit",
-    "image_facts",
     "metrics_table",
     "prepare_unit",
+    "read_image",
 ]
 
 log = logging.getLogger(__name__)
 
-_MASKS = ("breast", "markers", "film_edges", "dense", "roi")
-_KINDS = ("outside_breast", "border", "marker", "film_edge")
+#: the dense-tissue metrics, NaN where ``--dense-source roi`` finds no ROI
+_DENSE_METRICS = ("dense_mass_share", "dense_area_share", "dense_margin")
 
 
 def _worker() -> str:
@@ -76,105 +80,75 @@ def _error_text(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- image facts
 
 
-@dataclass(frozen=True)
-class ImageFacts:
-    """What an image is, on its analysis grid, under one preprocessing (masks bit-packed).
+@dataclass(eq=False)
+class ReadImage:
+    """One image of a chunk, read once for the facts and the groups that read files the same way.
 
     Attributes
     ----------
-    grid : (h, w) of the analysis grid.
-    bits : mask name (``breast``, ``markers``, ``film_edges``, ``dense``,
-        ``roi``) -> ``numpy.packbits`` of the flattened mask (no ``roi`` when
-        the image has none).
-    n_markers, n_film_edges : markers and film-edge strips found.
-    background : the image's background level (for painting markers over).
-    markers_model : packed bool (S, S) marker mask in model space (for occlusion).
-    size : S.
+    mammogram : as :func:`~mammography.io.read_mammogram` returned it (None when unreadable).
+    facts : its :class:`~mammography.analysis.facts.ImageFacts` (None when they could not be found).
+    error : empty, or why the image cannot be explained.
     """
 
-    grid: tuple[int, int]
-    bits: dict
-    n_markers: int
-    n_film_edges: int
-    background: float
-    markers_model: np.ndarray
-    size: int
-
-    def mask(self, name: str) -> np.ndarray | None:
-        """Mask ``name`` on the grid (None for an absent ROI)."""
-        packed = self.bits.get(name)
-        if packed is None:
-            return None
-        h, w = self.grid
-        return np.unpackbits(packed, count=h * w).astype(bool).reshape(h, w)
-
-    def marker_square(self) -> np.ndarray:
-        return np.unpackbits(self.markers_model, count=self.size * self.size).astype(bool).reshape(self.size, self.size)
+    mammogram: object | None
+    facts: object | None
+    error: str = ""
 
 
-def _roi_on_grid(path: str, original_shape, grid) -> np.ndarray:
-    from mammography.analysis.maps import resize_mask
-    from mammography.io.mask import read_mask_file
+def read_image(row: dict, settings: MetricSettings, timings: dict) -> ReadImage:
+    """Read the image of a manifest ``row`` and find its facts (the mask files and box its row names).
 
-    mask = read_mask_file(path, "ROI mask")
-    (h, w), (H, W) = mask.shape, original_shape
-    if abs(h / w - H / W) > 0.02 * (H / W):
-        raise ImageReadError(f"ROI mask {printable(path)} is {h}x{w} but its image is {H}x{W}; the mask must cover "
-                             "the whole image")
-    return resize_mask(mask, grid)
-
-
-def image_facts(prepared, row: dict, settings: MetricSettings) -> ImageFacts:
-    """The facts of one prepared image (see :class:`ImageFacts`).
-
-    Parameters
-    ----------
-    prepared : :class:`~mammography.data.preprocess.PreparedImage`.
-    row : the image's manifest row (``breast_mask_path``, ``artifact_bbox``,
-        ``roi_path``, ``view``).
-    settings : the metric settings (grid size, dense-tissue source).
+    ``timings["decode"]`` and ``timings["facts"]`` grow by the seconds each took.
     """
-    from mammography.analysis import estimate_dense_tissue, grid_shape, image_regions, map_to_grid
-    from mammography.io import pectoral_mask
+    from mammography.analysis.facts import FACTS_WINDOW, FactSources, facts_from_mammogram
+    from mammography.io import read_mammogram
 
-    geometry = prepared.geometry
-    grid = grid_shape(geometry.original_shape, settings.analysis_size)
-    estimate = settings.dense_source == "estimate"
-    masks = image_regions(prepared.square, geometry, grid, breast_mask_path=row.get("breast_mask_path"),
-                          artifact_bbox=row.get("artifact_bbox"), with_image=estimate)
-    roi = _roi_on_grid(row["roi_path"], geometry.original_shape, grid) if row.get("roi_path") else None
-    if estimate:
-        view = row.get("view") or prepared.view
-        muscle = pectoral_mask(masks.image, masks.breast, view=view)
-        dense = estimate_dense_tissue(masks.image, masks.breast, exclude=muscle)
-    else:
-        dense = roi if roi is not None else np.zeros(grid, dtype=bool)
-    film = masks.film_edges if masks.film_edges is not None else np.zeros(grid, dtype=bool)
-    bits = {"breast": masks.breast, "markers": masks.regions.markers(), "film_edges": film, "dense": dense, "roi": roi}
-    return ImageFacts(
-        grid=tuple(int(v) for v in grid),
-        bits={k: np.packbits(np.asarray(v, dtype=bool).ravel()) for k, v in bits.items() if v is not None},
-        n_markers=int(masks.regions.n_markers),
-        n_film_edges=int(masks.regions.n_film_edges),
-        background=float(masks.background),
-        markers_model=np.packbits(masks.markers_model.ravel()),
-        size=int(geometry.size),
-    )
+    t0 = time.perf_counter()
+    try:
+        mammogram = read_mammogram(row["image_path"], percentile_window=FACTS_WINDOW)
+    except Exception as exc:  # any unreadable image is a row with its error, never the end of the job
+        timings["decode"] += time.perf_counter() - t0
+        return ReadImage(None, None, _error_text(exc))
+    t1 = time.perf_counter()
+    timings["decode"] += t1 - t0
+    try:
+        sources = FactSources.from_cells(row.get("breast_mask_path"), row.get("artifact_bbox"), row.get("roi_path"))
+        facts = facts_from_mammogram(mammogram, settings.analysis_size, sources)
+    except Exception as exc:  # a bad mask file or box, say: the image is reported, the chunk goes on
+        return ReadImage(mammogram, None, _error_text(exc))
+    finally:
+        timings["facts"] += time.perf_counter() - t1
+    return ReadImage(mammogram, facts)
 
 
-def facts_table(unit: Unit, group) -> pd.DataFrame:
-    """The facts file of one group on one chunk: one row per image (bit-packed masks as bytes)."""
+def dense_mask(facts, settings: MetricSettings) -> np.ndarray:
+    """The dense-tissue mask the pattern metrics use, as ``analyze`` chooses it for ``settings.dense_source``
+    (an empty one for ``roi`` without an ROI; :func:`metrics_table` gives those images NaN dense metrics)."""
+    if settings.dense_source == "estimate":
+        return facts.dense_estimate
+    return facts.roi if facts.roi is not None else np.zeros(facts.shape, dtype=bool)
+
+
+def _bits(mask: np.ndarray | None) -> bytes | None:
+    return None if mask is None else np.packbits(np.asarray(mask, dtype=bool).ravel()).tobytes()
+
+
+def facts_table(unit: Unit, group: "PreparedGroup", facts: list) -> pd.DataFrame:
+    """The facts file of one group on one chunk: one row per image (bit-packed masks on the analysis
+    grid as bytes; ``background`` in the group's model intensities)."""
     rows = []
     for k, row in enumerate(unit.chunk.rows):
-        facts, orientation = group.facts[k], group.orientation[k]
+        f, orientation = facts[k], group.orientation[k]
         out = {"archive_index": unit.chunk.start + k, "image_path": row["image_path"]}
         out.update({key: orientation.get(key) for key in ("laterality", "laterality_source", "view", "view_source")})
-        out.update(grid_h=facts.grid[0] if facts else 0, grid_w=facts.grid[1] if facts else 0,
-                   n_markers=facts.n_markers if facts else 0, n_film_edges=facts.n_film_edges if facts else 0,
-                   background=facts.background if facts else math.nan)
-        for name in _MASKS:
-            packed = facts.bits.get(name) if facts else None
-            out[f"{name}_bits"] = None if packed is None else packed.tobytes()
+        out.update(grid_h=f.shape[0] if f else 0, grid_w=f.shape[1] if f else 0,
+                   n_markers=f.n_markers if f else 0, n_film_edges=f.n_film_edges if f else 0,
+                   background=group.backgrounds[k])
+        masks = {"breast": f.breast, "markers": f.markers, "film_edges": f.film_edges,
+                 "dense": dense_mask(f, unit.settings), "roi": f.roi} if f else {}
+        for name in ("breast", "markers", "film_edges", "dense", "roi"):
+            out[f"{name}_bits"] = _bits(masks.get(name))
         out["error"] = group.errors[k]
         rows.append(out)
     return pd.DataFrame(rows)
@@ -183,34 +157,72 @@ def facts_table(unit: Unit, group) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- stage 1: prepare
 
 
+@dataclass(frozen=True)
+class MarkerPaint:
+    """Where one run's model saw an image's markers, and what the marker occlusion paints them with.
+
+    Attributes
+    ----------
+    bits : ``numpy.packbits`` of the (size, size) occlusion mask
+        (:meth:`~mammography.analysis.facts.ModelMasks.occlusion`).
+    size : side of the model square.
+    background : the image's background level in the model's own intensities
+        (:meth:`~mammography.analysis.facts.ModelMasks.background`).
+    """
+
+    bits: np.ndarray
+    size: int
+    background: float
+
+    def mask(self) -> np.ndarray:
+        return np.unpackbits(self.bits, count=self.size * self.size).astype(bool).reshape(self.size, self.size)
+
+
 @dataclass(eq=False)
 class PreparedGroup:
-    """One group's model inputs and facts of a chunk.
+    """One group's model inputs of a chunk.
 
     Attributes
     ----------
     work : the :class:`GroupWork`.
     stored : per image the square in its stored integer form
-        (:meth:`Preprocessing.quantise`), None for an unreadable image (or
-        once the CAM stage is done with it).
+        (:meth:`Preprocessing.quantise`), None for an image that cannot be
+        explained (or once the CAM stage is done with it).
     geometries : per image (a zero geometry for an unreadable one).
     orientation : per image the laterality and view it was prepared with and their sources.
-    facts : per image, None where it could not be measured.
+    backgrounds : per image its background level in the model square (NaN when not prepared).
+    paint : per image a :class:`MarkerPaint` where the marker occlusion applies (the model saw markers), else None.
     errors : per image, empty or why not.
     """
 
     work: GroupWork
-    stored: list
-    geometries: list
-    orientation: list
-    facts: list
-    errors: list
+    stored: list = field(default_factory=list)
+    geometries: list = field(default_factory=list)
+    orientation: list = field(default_factory=list)
+    backgrounds: list = field(default_factory=list)
+    paint: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+
+    def add_error(self, size: int, error: str) -> None:
+        self.add(None, _no_geometry(size), {}, math.nan, None, error)
+
+    def add(self, stored, geometry, orientation: dict, background: float, paint, error: str = "") -> None:
+        self.stored.append(stored)
+        self.geometries.append(geometry)
+        self.orientation.append(orientation)
+        self.backgrounds.append(background)
+        self.paint.append(paint)
+        self.errors.append(error)
 
 
 @dataclass(eq=False)
 class PreparedUnit:
+    """Stage 1's output: the groups' inputs and, per image, its facts (``ImageFacts.to_arrays()``, bit-packed
+    for the trip through Ray's object store; None where the image cannot be explained)."""
+
     unit: Unit
     groups: list[PreparedGroup]
+    facts: list
     seconds: dict = field(default_factory=dict)
     workers: dict = field(default_factory=dict)
 
@@ -231,46 +243,55 @@ def _orientation(prepared, row: dict) -> dict:
     return out
 
 
-def prepare_group(unit: Unit, work: GroupWork, timings: dict) -> PreparedGroup:
-    """Stage 1 for one group: every image prepared (and measured) or given an error."""
-    from mammography.data.preprocess import Preprocessing
+def _prepare(preprocessing, row: dict, image: ReadImage):
+    """The group's model input of the image, decoded again only where the group reads files otherwise."""
+    from mammography.analysis.facts import FACTS_WINDOW
 
-    preprocessing = Preprocessing.from_record(work.preprocessing)
-    group = PreparedGroup(work, [], [], [], [], [])
-    for row in unit.chunk.rows:
-        t0 = time.perf_counter()
-        try:
-            prepared = preprocessing.prepare(row["image_path"], row.get("laterality"))
-        except Exception as exc:  # any unreadable image is a row with its error, never the end of the job
-            group.stored.append(None)
-            group.geometries.append(_no_geometry(preprocessing.img_size))
-            group.orientation.append({})
-            group.facts.append(None)
-            group.errors.append(_error_text(exc))
-            timings["prepare"] += time.perf_counter() - t0
-            continue
-        t1 = time.perf_counter()
-        timings["prepare"] += t1 - t0
-        pixels = prepared.channels if prepared.channels is not None else prepared.square
-        group.stored.append(preprocessing.quantise(pixels))
-        group.geometries.append(prepared.geometry)
-        group.orientation.append(_orientation(prepared, row))
-        try:
-            group.facts.append(image_facts(prepared, row, unit.settings))
-            group.errors.append("")
-        except Exception as exc:  # a bad mask file, say: the image is reported, the chunk goes on
-            group.stored[-1] = None
-            group.facts.append(None)
-            group.errors.append(_error_text(exc))
-        timings["facts"] += time.perf_counter() - t1
-    return group
+    if preprocessing.percentile_window == FACTS_WINDOW:
+        return preprocessing.prepare_mammogram(image.mammogram, row.get("laterality"))
+    return preprocessing.prepare(row["image_path"], row.get("laterality"))
+
+
+def prepare_image(group: PreparedGroup, preprocessing, row: dict, image: ReadImage, settings: MetricSettings,
+                  timings: dict) -> None:
+    """Stage 1 for one image and group: its model input and the facts as that model saw them, or its error."""
+    if image.error:
+        group.add_error(preprocessing.img_size, image.error)
+        return
+    t0 = time.perf_counter()
+    try:
+        prepared = _prepare(preprocessing, row, image)
+    except Exception as exc:  # the run's own reader may refuse a file the facts could read
+        group.add_error(preprocessing.img_size, _error_text(exc))
+        timings["prepare"] += time.perf_counter() - t0
+        return
+    pixels = prepared.channels if prepared.channels is not None else prepared.square
+    stored = preprocessing.quantise(pixels)
+    t1 = time.perf_counter()
+    timings["prepare"] += t1 - t0
+    seen = image.facts.in_model(prepared.geometry)
+    background = seen.background(prepared.square)
+    paint = None
+    if settings.marker_occlusion and seen.markers.any():  # analyze paints exactly these images
+        paint = MarkerPaint(np.packbits(seen.occlusion().ravel()), int(preprocessing.img_size), background)
+    group.add(stored, prepared.geometry, _orientation(prepared, row), background, paint)
+    timings["facts"] += time.perf_counter() - t1
 
 
 def prepare_unit(unit: Unit) -> PreparedUnit:
-    """Stage 1: decode and prepare every image of the chunk for each group, with its facts."""
-    timings = {"prepare": 0.0, "facts": 0.0}
-    groups = [prepare_group(unit, work, timings) for work in unit.groups]
-    return PreparedUnit(unit, groups, timings, {"prepare": _worker()})
+    """Stage 1: read every image of the chunk once, find its facts, and prepare it for each group."""
+    from mammography.data.preprocess import Preprocessing
+
+    timings = {"decode": 0.0, "prepare": 0.0, "facts": 0.0}
+    groups = [PreparedGroup(work) for work in unit.groups]
+    preprocessings = [Preprocessing.from_record(work.preprocessing) for work in unit.groups]
+    facts = []
+    for row in unit.chunk.rows:
+        image = read_image(row, unit.settings, timings)
+        for group, preprocessing in zip(groups, preprocessings):
+            prepare_image(group, preprocessing, row, image, unit.settings, timings)
+        facts.append(image.facts.to_arrays() if image.facts is not None and not image.error else None)
+    return PreparedUnit(unit, groups, facts, timings, {"prepare": _worker()})
 
 
 # ----------------------------------------------------------------------------- stage 2: CAM
@@ -300,8 +321,11 @@ class RunResult:
 
 @dataclass(eq=False)
 class ExplainedUnit:
+    """Stage 2's output: stage 1's groups and facts, and every run's maps."""
+
     unit: Unit
     groups: list[PreparedGroup]
+    facts: list
     results: list[list[RunResult]]
     seconds: dict = field(default_factory=dict)
     workers: dict = field(default_factory=dict)
@@ -338,8 +362,8 @@ class CamStage:
     def __init__(self, weights: dict, device: str = "auto", autocast: str | None = None, threads: int | None = None):
         import torch
 
+        from mammography.machine import resolve_device
         from mammography.models import build_density_model
-        from mammography.training.train import resolve_device
 
         if threads:
             torch.set_num_threads(int(threads))
@@ -358,7 +382,7 @@ class CamStage:
         for group in prepared.groups:
             results.append([self._run(unit, group, task, timings) for task in group.work.shards])
             group.stored = [None] * len(group.stored)  # the squares are not needed past this stage
-        return ExplainedUnit(unit, prepared.groups, results, {**prepared.seconds, **timings},
+        return ExplainedUnit(unit, prepared.groups, prepared.facts, results, {**prepared.seconds, **timings},
                              {**prepared.workers, "cam": _worker()})
 
     def _run(self, unit: Unit, group: PreparedGroup, task: ShardTask, timings: dict) -> RunResult:
@@ -399,23 +423,23 @@ class CamStage:
         return RunResult(task, arrays, tuple(names), method, occlusion, errors)
 
     def _occlusion(self, unit: Unit, group: PreparedGroup, preprocessing, model, probs, ok: list[int]) -> dict:
-        """Probability of the predicted class with the image's markers painted with its background."""
+        """Probability of the predicted class with the image's markers painted with its background
+        (as ``analyze`` computes it: the images whose markers the model saw, :class:`MarkerPaint`)."""
         import torch
 
         from mammography.analysis.faithfulness import occlusion_probabilities
 
         n = len(unit.chunk)
         prob, drop, flip = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool)
-        jobs = [i for i in ok if group.facts[i] is not None and group.facts[i].n_markers > 0]
-        jobs = [i for i in jobs if group.facts[i].marker_square().any()]
+        jobs = [i for i in ok if group.paint[i] is not None]
         mean = torch.tensor(preprocessing.mean, dtype=torch.float32)
         std = torch.tensor(preprocessing.std, dtype=torch.float32)
         for start in range(0, len(jobs), unit.batch_size):
             idx = jobs[start : start + unit.batch_size]
             images = torch.stack([preprocessing.to_tensor(preprocessing.dequantise(group.stored[i], group.geometries[i]))
                                   for i in idx])
-            masks = np.stack([group.facts[i].marker_square() for i in idx])
-            fill = torch.stack([(torch.full((3,), float(group.facts[i].background)) - mean) / std for i in idx])
+            masks = np.stack([group.paint[i].mask() for i in idx])
+            fill = torch.stack([(torch.full((3,), float(group.paint[i].background)) - mean) / std for i in idx])
             after = occlusion_probabilities(model, images, masks, fill, batch_size=unit.batch_size)
             rows = np.asarray(idx)
             cls = np.nanargmax(probs[rows], axis=1)
@@ -434,25 +458,62 @@ def _metric_map(result: RunResult, i: int, y_pred: int) -> np.ndarray:
     return maps[i, y_pred - 1] if maps.ndim == 4 else maps[i]
 
 
-def metrics_table(unit: Unit, group: PreparedGroup, result: RunResult) -> pd.DataFrame:
+def measure_run(unit: Unit, group: PreparedGroup, result: RunResult, facts: list, y_pred: np.ndarray) -> dict:
+    """Every per-image attention metric of one run on the chunk, by ``analyze``'s own
+    :func:`~mammography.analysis.measure.measure_images` (NaN for the images not explained).
+
+    Parameters
+    ----------
+    facts : per image its :class:`~mammography.analysis.facts.ImageFacts` (None where it has none).
+    y_pred : per image the predicted class 1..4 (0 where not explained).
+
+    Returns
+    -------
+    dict column -> float64 (n,).
+    """
+    from mammography.analysis.measure import measure_images
+
+    settings, n = unit.settings, len(unit.chunk)
+    ok = [i for i in range(n) if not result.errors[i]]
+    heat = np.stack([_metric_map(result, i, int(y_pred[i])) for i in ok]) if ok else np.zeros((0, 1, 1), np.float32)
+    measured = measure_images(heat, [group.geometries[i] for i in ok], [facts[i] for i in ok],
+                              [dense_mask(facts[i], settings) for i in ok], border_fraction=settings.border_fraction,
+                              attention_threshold=settings.attention_threshold, device="cpu")
+    if settings.dense_source == "roi":  # no ROI, no dense tissue to measure against
+        no_roi = np.array([facts[i].roi is None for i in ok], dtype=bool)
+        for name in _DENSE_METRICS:
+            measured[name][no_roi] = math.nan
+    columns = {}
+    for name, values in measured.items():
+        columns[name] = np.full(n, math.nan)
+        columns[name][ok] = values
+    return columns
+
+
+def metrics_table(unit: Unit, group: PreparedGroup, result: RunResult, facts: list) -> pd.DataFrame:
     """The job table rows of one run on one chunk (columns: :mod:`mammography.distributed`)."""
-    from mammography.analysis import localisation_metrics, map_to_grid, pattern_metrics, spurious_shares
     from mammography.analysis.localisation import LOCALISATION_METRICS
+    from mammography.analysis.measure import SPURIOUS_COLUMNS
+    from mammography.analysis.patterns import PATTERN_METRICS
     from mammography.analysis.spurious import image_flags
 
     run, settings = result.task.run, unit.settings
     probs, logits = result.arrays["probs"], result.arrays["logits"]
     targets = result.arrays["targets"]
+    y_pred = np.array([0 if result.errors[i] else int(np.argmax(probs[i])) + 1 for i in range(len(unit.chunk))],
+                      dtype=np.int64)
+    columns = measure_run(unit, group, result, facts, y_pred)
+    metric_order = (*SPURIOUS_COLUMNS, "n_markers", "n_film_edges", *PATTERN_METRICS, "roi_area_share",
+                    *LOCALISATION_METRICS)
     records = []
     for i, row in enumerate(unit.chunk.rows):
         error = result.errors[i]
-        y_pred = 0 if error else int(np.argmax(probs[i])) + 1
         rec = {
             "run_id": run.run_id, "run_label": run.label, "seed": run.seed, "shard_id": result.task.shard_id,
             "archive_index": unit.chunk.start + i, "image_path": row["image_path"],
             "accession": row.get("accession"), "patient_id": row.get("patient_id"),
-            "y_true": int(row["y_true"]), "y_pred": y_pred,
-            "confidence": float(probs[i, y_pred - 1]) if y_pred else math.nan,
+            "y_true": int(row["y_true"]), "y_pred": int(y_pred[i]),
+            "confidence": float(probs[i, y_pred[i] - 1]) if y_pred[i] else math.nan,
         }
         for k, letter in enumerate(CLASS_LETTERS):
             rec[f"p_{letter}"] = float(probs[i, k])
@@ -461,25 +522,9 @@ def metrics_table(unit: Unit, group: PreparedGroup, result: RunResult) -> pd.Dat
         rec["target"] = int(targets[i]) + 1 if targets.ndim == 1 and not error else 0
         rec.update({key: group.orientation[i].get(key) for key in
                     ("laterality", "laterality_source", "view", "view_source")})
-        facts = group.facts[i]
-        values = {f"{kind}_{part}": math.nan for kind in _KINDS for part in ("share", "area")}
-        values.update(n_markers=facts.n_markers if facts else 0, n_film_edges=facts.n_film_edges if facts else 0,
-                      dense_mass_share=math.nan, dense_area_share=math.nan, dense_margin=math.nan,
-                      attended_breast_share=math.nan, roi_area_share=math.nan,
-                      **{m: math.nan for m in LOCALISATION_METRICS})
-        if not error:
-            heat = map_to_grid(_metric_map(result, i, y_pred), group.geometries[i], facts.grid)
-            breast = facts.mask("breast")
-            shares = spurious_shares(heat, breast, facts.mask("markers"), settings.border_fraction, facts.n_markers,
-                                     film_edges=facts.mask("film_edges"), n_film_edges=facts.n_film_edges)
-            for kind in _KINDS:
-                values[f"{kind}_share"] = getattr(shares, kind)
-                values[f"{kind}_area"] = getattr(shares, f"{kind}_area")
-            values.update(pattern_metrics(heat, breast, facts.mask("dense"), settings.attention_threshold).to_dict())
-            roi = facts.mask("roi")
-            if roi is not None:
-                values.update(localisation_metrics(heat, roi, settings.attention_threshold).to_dict())
-        rec.update(values)
+        f = facts[i]
+        counts = {"n_markers": f.n_markers if f else 0, "n_film_edges": f.n_film_edges if f else 0}
+        rec.update({c: counts[c] if c in counts else float(columns[c][i]) for c in metric_order})
         if result.occlusion is not None:
             for key, column in result.occlusion.items():
                 rec[key] = column[i].item()
@@ -514,25 +559,28 @@ def finish_unit(explained: ExplainedUnit) -> list[dict]:
     Returns
     -------
     list of dict, one per shard written: ``run`` (folder), ``shard_id``,
-    ``chunk``, ``n_images``, ``n_errors``, ``seconds`` (per stage, for the
-    whole chunk; ``prepare``/``facts``/``cam``/``occlusion`` are shared by the
-    chunk's shards); first one entry for the chunk (``run`` None) with its
-    ``seconds`` per stage and ``workers`` (``host:pid`` per stage).
+    ``chunk``, ``n_images``, ``n_errors``; first one entry for the chunk
+    (``run`` None) with its ``seconds`` per stage (``decode``, ``prepare``,
+    ``facts`` -- the image facts and their placement in each group's model
+    square --, ``cam``, ``occlusion``, ``metrics``, ``write``, for the whole
+    chunk) and ``workers`` (``host:pid`` per stage).
     """
+    from mammography.analysis.facts import ImageFacts
     from mammography.distributed.store import JobStore
 
     unit = explained.unit
     store = JobStore(Path(unit.out_dir))
     timings = dict(explained.seconds, metrics=0.0, write=0.0)
     written = []
+    facts = [None if f is None else ImageFacts.from_arrays(f) for f in explained.facts]
     for group, results in zip(explained.groups, explained.results):
         if group.work.write_facts:
             t0 = time.perf_counter()
-            store.write_facts(group.work.group_id, group.work.facts_id, facts_table(unit, group))
+            store.write_facts(group.work.group_id, group.work.facts_id, facts_table(unit, group, facts))
             timings["write"] += time.perf_counter() - t0
         for result in results:
             t0 = time.perf_counter()
-            table = metrics_table(unit, group, result)
+            table = metrics_table(unit, group, result, facts)
             t1 = time.perf_counter()
             store.write_shard(result.task.run, result.task.shard_id, _shard_maps(unit, group, result), table)
             timings["metrics"] += t1 - t0
