@@ -49,9 +49,12 @@ __all__ = [
     "PreparedUnit",
     "ReadImage",
     "RunResult",
+    "dense_mask",
     "facts_table",
     "finish_unit",
+    "measure_run",
     "metrics_table",
+    "prepare_image",
     "prepare_unit",
     "read_image",
 ]
