@@ -505,13 +505,21 @@ def _add_explain(sub):
             "into OUT/<run id>. A cross-validation root means each of its folds (OUT/<root>__fold_<n>).\n"
             "The same record is kept in the cache (--cache-dir): a later explain, analyze, report-pack or\n"
             "explore of the same checkpoint, preprocessing, method and images reads it instead of\n"
-            "computing the maps again (a record of more layers serves fewer)."
+            "computing the maps again (a record of more layers serves fewer).\n"
+            "With --manifest, every image of an archive instead (any manifest form, CSV or Parquet), by\n"
+            "every run, as a Ray Data job (--engine ray; or --engine local, in this process): per run the\n"
+            "same sweep record, in content-identified shards (OUT/runs/<run>), one Parquet table of\n"
+            "predictions, attention metrics, flags and errors (OUT/table), image facts (OUT/facts) and\n"
+            "OUT/job.json; the maps of the measured layer (features.8) alone unless --layers names more.\n"
+            "Rerunning the command skips the shards already written."
         ),
         epilog=(
             "examples:\n"
             "  mammography explain --run results_4\n"
             "  mammography explain --run results_4 results_5 --layers stages --method hirescam --out outputs/cams\n"
-            "  mammography explain --run results_k3_seed42 --layers features.6 features.8 --target all --device cuda"
+            "  mammography explain --run results_k3_seed42 --layers features.6 features.8 --target all --device cuda\n"
+            "  mammography explain --engine ray --address auto --manifest archive.parquet \\\n"
+            "      --run results_4 --run results_5 --out /shared/archive_cams"
         ),
     )
     p.add_argument("--run", dest="runs", action="extend", nargs="+", required=True, metavar="PATH",
@@ -522,19 +530,93 @@ def _add_explain(sub):
     p.add_argument("--target", default="predicted", metavar="CLASS",
                    help="class each map explains: predicted, true, all (every class), or a class 1..4 / A..D "
                         "(e.g. --target true)")
-    p.add_argument("--out", type=_path, default=Path("outputs/explanations"), metavar="DIR",
-                   help="output folder; each run gets OUT/<run id> (e.g. --out Article/cams)")
+    p.add_argument("--out", type=_path, metavar="DIR",
+                   help="output folder; each run gets OUT/<run id> (default outputs/explanations; with --manifest "
+                        "the job folder, default outputs/archive; e.g. --out Article/cams)")
     p.add_argument("--autocast", choices=("none", "bf16", "fp16"), default="none",
                    help="mixed precision for the forward pass on a GPU (e.g. --autocast bf16)")
     _add_cam_flags(p, "the maps of every one are stored")
+    _add_archive_flags(p)
     p.set_defaults(handler=_run_explain, cam_heavy=True)
+
+
+def _add_archive_flags(p) -> None:
+    """explain --manifest: the archive job's flags (mammography.distributed)."""
+    g = p.add_argument_group("a whole archive (--manifest)")
+    g.add_argument("--manifest", type=_path, metavar="FILE",
+                   help="explain every image this manifest lists (CSV or Parquet, any accepted form) by every run "
+                        "(e.g. --manifest archive.parquet)")
+    g.add_argument("--dicom-root", type=_path, metavar="DIR",
+                   help="folder of <AccessionNumber>/*.dcm for an 'AccessionNumber, Classification' manifest")
+    g.add_argument("--engine", choices=("ray", "local"), default="local",
+                   help="where the archive job runs: ray = a Ray Data job (pip install 'mammography[ray]'), "
+                        "local = the same stages in this process (e.g. --engine ray)")
+    g.add_argument("--address", metavar="ADDR",
+                   help="Ray cluster to join: auto (the cluster this machine belongs to, 'ray start') or "
+                        "ray://HOST:10001; default: start Ray on this machine (e.g. --address auto)")
+    g.add_argument("--shard-size", type=int, default=256, metavar="N",
+                   help="images per shard; a rerun skips finished shards (e.g. --shard-size 64)")
+    g.add_argument("--actors", type=int, metavar="N",
+                   help="model actors (default: one per GPU of the cluster, else half its CPUs)")
+    g.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="N",
+                   help="CPUs each model actor holds (its torch threads; e.g. --cpus-per-actor 4)")
+    g.add_argument("--gpus-per-actor", type=float, metavar="N",
+                   help="GPUs each model actor holds (default 1 where the cluster has GPUs, else 0)")
+    g.add_argument("--num-cpus", type=int, metavar="N",
+                   help="CPUs of the Ray instance started on this machine when no --address is given")
+    g.add_argument("--analysis-size", type=int, default=256, metavar="PX",
+                   help="longer side of the grid the attention metrics are measured on (e.g. --analysis-size 512)")
+    g.add_argument("--dense-source", choices=("estimate", "roi"), default="estimate",
+                   help="dense tissue for the pattern metrics: estimate = breast pixels above Otsu's threshold "
+                        "without the pectoral muscle, roi = the manifest's roi_path masks")
+    g.add_argument("--no-marker-occlusion", dest="marker_occlusion", action="store_false",
+                   help="skip painting the markers over (one forward pass per image with markers)")
+
+
+def _run_explain_archive(args, layers) -> int:
+    from mammography.cam.explain import parse_target
+    from mammography.distributed.job import explain_archive
+    from mammography.distributed.plan import MetricSettings
+
+    from mammography.errors import ConfigError
+
+    if args.engine != "ray" and (args.address or args.actors or args.gpus_per_actor or args.num_cpus):
+        raise ConfigError("--address, --actors, --gpus-per-actor and --num-cpus are Ray's; add --engine ray")
+    settings = MetricSettings(analysis_size=args.analysis_size, dense_source=args.dense_source,
+                              marker_occlusion=args.marker_occlusion)
+    out = args.out or Path("outputs/archive")
+    result = explain_archive(
+        args.manifest, args.runs, out, dicom_root=args.dicom_root, layers=layers, method=args.method,
+        targets=parse_target(args.target), settings=settings, shard_size=args.shard_size,
+        batch_size=args.batch_size, engine=args.engine, address=args.address, num_cpus=args.num_cpus,
+        actors=args.actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
+        device=args.device, autocast=None if args.autocast == "none" else args.autocast,
+        outputs_root=args.outputs_root, progress=args.progress,
+    )
+    print(f"{result.n_images} images x {len(result.runs)} runs in {result.n_shards} shards each: "
+          f"{result.computed} shards computed, {result.skipped} already finished")
+    for run in result.runs:
+        n_err = result.errors.get(run.folder, 0)
+        print(f"{run.run_id}: {result.n_images - n_err} images explained"
+              + (f", {n_err} could not be read (see the 'error' column)" if n_err else ""))
+    print(f"wrote {result.out_dir / 'table'} (one row per image and run)")
+    print(f"wrote {result.job_file}")
+    return 0
 
 
 def _run_explain(args) -> int:
     from mammography.cam.explain import explain_runs, parse_target
+    from mammography.errors import ConfigError
 
+    from mammography.cam.layers import split_layer_args
+
+    if args.manifest is not None:  # an archive keeps the measured layer alone unless asked: its maps add up
+        return _run_explain_archive(args, split_layer_args(args.layers) or None)
+    layers = _layers(args)
+    if args.engine == "ray":
+        raise ConfigError("--engine ray explains an archive: give its manifest with --manifest FILE")
     outputs = explain_runs(
-        args.runs, _layers(args), args.method, args.out, outputs_root=args.outputs_root,
+        args.runs, layers, args.method, args.out or Path("outputs/explanations"), outputs_root=args.outputs_root,
         targets=parse_target(args.target), batch_size=args.batch_size, device=args.device,
         autocast=None if args.autocast == "none" else args.autocast, cache_dir=_cache_dir(args),
         num_workers=args.num_workers, progress=args.progress,
@@ -590,9 +672,15 @@ def _add_analyze(sub):
         ),
     )
     src = p.add_argument_group("runs and data")
-    src.add_argument("--run", dest="runs", action="extend", nargs="+", required=True, metavar="PATH",
+    src.add_argument("--run", dest="runs", action="extend", nargs="+", metavar="PATH",
                      help="run directory, name under the outputs folder, glob or cross-validation root; "
-                          "repeatable (e.g. --run results_4 --run results_5)")
+                          "repeatable (e.g. --run results_4 --run results_5); with --from: the runs of the "
+                          "archive job to include (labels or run ids; default all)")
+    src.add_argument("--from", dest="from_dir", type=_path, metavar="DIR",
+                     help="aggregate a finished archive job (explain --manifest --out DIR) chunk by chunk instead: "
+                          "flag rates, per-class patterns and agreement across its runs, never every map at once "
+                          "(writes archive_summary.json, archive_runs.csv, archive_by_class.csv, consistency.parquet "
+                          "and archive_tables.tex/.md into --out; e.g. --from /shared/archive_cams)")
     src.add_argument("--outputs-root", type=_path, default=Path("outputs"), metavar="DIR",
                      help="where relative run names are looked up (e.g. --outputs-root /data/outputs)")
     _add_region_sources(src)
@@ -656,13 +744,32 @@ def _add_analyze(sub):
     p.set_defaults(handler=_run_analyze, cam_heavy=True)
 
 
+def _run_analyze_archive(args) -> int:
+    from mammography.analysis.consistency import ConsistencyThresholds
+    from mammography.distributed.report import analyze_archive
+
+    thresholds = ConsistencyThresholds(min_rank_correlation=args.min_rank_correlation, min_top_iou=args.min_top_iou)
+    written, summary = analyze_archive(args.from_dir, args.out, runs=args.runs, thresholds=thresholds,
+                                       progress=args.progress)
+    for line in summary.lines():
+        print(line)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def _run_analyze(args) -> int:
     from mammography.analysis.consistency import ConsistencyThresholds
     from mammography.analysis.run_analysis import AnalysisOptions, analyze_runs
     from mammography.analysis.spurious import SpuriousThresholds
     from mammography.atomic import OutputLock
+    from mammography.errors import ConfigError
     from mammography.report.analysis_report import write_analysis_report
 
+    if args.from_dir is not None:
+        return _run_analyze_archive(args)
+    if not args.runs:
+        raise ConfigError("give the runs to analyse with --run RUN (or an archive job with --from DIR)")
     layers = _layers(args)
     options = AnalysisOptions(
         method=args.method, layer=layers[-1], analysis_size=args.analysis_size, batch_size=args.batch_size,
@@ -742,6 +849,11 @@ def _add_report_pack(sub):
                           "(e.g. --run results_4 --run 'results_*')")
     src.add_argument("--cv-run", dest="cv_runs", action="extend", nargs="+", default=[], metavar="PATH",
                      help="cross-validation root, e.g. --cv-run results_k3_seed42; repeatable")
+    src.add_argument("--from", dest="from_dir", type=_path, metavar="DIR",
+                     help="report a finished archive job (explain --manifest --out DIR) instead of runs: its "
+                          "tables (per run, per density class, agreement across runs) as the --tex section and "
+                          "the --markdown block, its summary in --assets-dir; aggregated chunk by chunk "
+                          "(e.g. --from /shared/archive_cams)")
     src.add_argument("--outputs-root", type=_path, default=Path("outputs"), metavar="DIR",
                      help="where relative run names are looked up (DIR/mammo_efficientnetb0_density/NAME, "
                           "DIR/density_experiments/NAME, DIR/NAME); e.g. --outputs-root /data/outputs")
@@ -802,11 +914,29 @@ def _add_report_pack(sub):
     p.set_defaults(handler=_run_report_pack, cam_heavy=True)
 
 
+def _run_report_pack_archive(args) -> int:
+    from mammography.distributed.report import report_archive
+    from mammography.errors import ConfigError
+
+    if args.runs or args.cv_runs:
+        raise ConfigError("--from reports an archive job; give either --from DIR or --run/--cv-run, not both")
+    written, summary = report_archive(args.from_dir, assets_dir=args.assets_dir, tex=args.tex,
+                                      markdown=args.markdown, layout=args.layout, progress=args.progress)
+    for line in summary.lines():
+        print(line)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def _run_report_pack(args) -> int:
     import dataclasses
 
     from mammography.cam.store import MemoryStore
     from mammography.report.pack import ReportOptions, command_line, report_pack
+
+    if args.from_dir is not None:
+        return _run_report_pack_archive(args)
 
     layers = tuple(_layers(args))
     options = ReportOptions(

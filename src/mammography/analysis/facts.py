@@ -8,6 +8,8 @@ So they are found once, on the image itself, never on a run's model input:
 1. the file is read with :func:`mammography.io.read_mammogram` (this
    project's reading rules, whatever rules a run was trained with) and its
    view resolved (:func:`mammography.io.resolve_view`);
+   :func:`facts_from_mammogram` starts here with a file already read so (the
+   archive job reads each file once for the facts and the fit-pad runs' input);
 2. it is resampled, antialiased, onto its **analysis grid**: original
    orientation, longer side ``analysis_size`` px
    (:func:`~mammography.analysis.maps.grid_shape`);
@@ -45,11 +47,13 @@ from mammography.io.geometry import Geometry, compute_geometry
 
 __all__ = [
     "FACTS_VERSION",
+    "FACTS_WINDOW",
     "FactSources",
     "ImageFacts",
     "ImageRegions",
     "ModelMasks",
     "compute_image_facts",
+    "facts_from_mammogram",
     "is_missing",
     "mask_on_grid",
 ]
@@ -57,6 +61,8 @@ __all__ = [
 #: version of the rules above; a change to them (or to the mask code they call) bumps it, so cached facts
 #: made by other rules are never reused
 FACTS_VERSION = "1"
+#: how the facts read an image: this project's display rule (``read_mammogram``'s ``percentile_window``)
+FACTS_WINDOW = "breast"
 
 
 def is_missing(value) -> bool:
@@ -297,12 +303,27 @@ def compute_image_facts(path: str | Path, analysis_size: int, sources: FactSourc
     ConfigError
         A mask file does not fit its image.
     """
+    from mammography.io import read_mammogram
+
+    return facts_from_mammogram(read_mammogram(path, percentile_window=FACTS_WINDOW), analysis_size, sources)
+
+
+def facts_from_mammogram(mammogram, analysis_size: int, sources: FactSources = FactSources()) -> ImageFacts:
+    """:func:`compute_image_facts` of an image already read (by a caller that reads it anyway).
+
+    Parameters
+    ----------
+    mammogram : the :class:`~mammography.io.Mammogram` exactly as
+        ``read_mammogram(path, percentile_window=FACTS_WINDOW)`` returns it
+        (not mirrored or otherwise reoriented): other reading rules give
+        other facts.
+    analysis_size, sources : as for :func:`compute_image_facts`.
+    """
     from mammography.analysis.patterns import estimate_dense_tissue
     from mammography.analysis.spurious import bbox_mask, find_burned_in
-    from mammography.io import pectoral_mask, read_mammogram, resolve_view, segment_breast
+    from mammography.io import pectoral_mask, resolve_view, segment_breast
     from mammography.io.mask import read_mask_file
 
-    mammogram = read_mammogram(path)
     original = tuple(int(v) for v in mammogram.pixels.shape)
     view = resolve_view(mammogram)
     grid = grid_shape(original, analysis_size)

@@ -11,7 +11,7 @@ A sweep (:func:`mammography.cam.sweep.sweep_run`) is stored as a folder::
                            chunked by CHUNK_IMAGES images
 
 ``images.parquet`` columns: ``image_path`` (absolute), ``y_true`` (1..4,
-0 = unknown), ``y_pred`` (1..4, recomputed), ``target`` (0-based class each
+0 = unknown), ``y_pred`` (1..4, recomputed; 0 on an error row), ``target`` (0-based class each
 map explains; ``target_0`` .. ``target_3`` for every class), ``p_A`` ..
 ``p_D``, ``logit_A`` .. ``logit_D``, ``orig_h``, ``orig_w``, ``resized_h``,
 ``resized_w``, ``offset_top``, ``offset_left``, ``flipped`` (the
@@ -93,7 +93,9 @@ def record_table(maps) -> pd.DataFrame:
     table = pd.DataFrame({
         "image_path": [str(p) for p in maps.image_paths],
         "y_true": np.asarray(maps.y_true, dtype=np.int8),
-        "y_pred": (probs.argmax(axis=1) + 1).astype(np.int8) if len(probs) else np.zeros(0, np.int8),
+        # 0 for a row with an error (NaN probabilities): argmax would name class A
+        "y_pred": np.where(np.isnan(probs).any(axis=1), 0, probs.argmax(axis=1) + 1).astype(np.int8)
+        if len(probs) else np.zeros(0, np.int8),
     })
     targets = np.asarray(maps.targets)
     if targets.ndim == 1:

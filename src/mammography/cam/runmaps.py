@@ -36,6 +36,9 @@ class RunMaps:
     run_id, run_path, checkpoint_sha256 : which checkpoint.
     preprocessing : the run's preprocessing record (``Preprocessing.to_record()``).
     autocast : mixed precision of the forward pass (``None`` = float32, ``"bf16"``, ``"fp16"``).
+    errors : per image, empty or why it could not be explained (its
+        probabilities are then NaN and its maps zero); empty list = none
+        (a sweep stops at an unreadable image; an archive job records it).
     """
 
     maps: dict[str, np.ndarray]
@@ -52,6 +55,7 @@ class RunMaps:
     checkpoint_sha256: str
     preprocessing: dict = field(default_factory=dict)
     autocast: str | None = None
+    errors: list[str] = field(default_factory=list)
 
     # -- views ------------------------------------------------------------------
     @property
@@ -132,6 +136,7 @@ class RunMaps:
             maps={name: m[idx] for name, m in self.maps.items()},
             logits=self.logits[idx], probs=self.probs[idx], targets=self.targets[idx], y_true=self.y_true[idx],
             image_paths=[self.image_paths[i] for i in idx], geometries=[self.geometries[i] for i in idx],
+            errors=[self.errors[i] for i in idx] if self.errors else [],
         )
 
     def with_layers(self, layers: Sequence[str]) -> "RunMaps":

@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_LAYERS",
     "RunMaps",
     "TARGET_MODES",
+    "cam_batch",
     "canonical_method",
     "parse_target",
     "run_maps",
@@ -181,6 +182,28 @@ def image_batches(dataset, batch_size: int, device: torch.device, num_workers: i
 
 
 # --------------------------------------------------------------------------- the sweep
+
+
+def cam_batch(cam, preprocessing, prepared: Sequence, y_true: np.ndarray, targets: str | int = "predicted") -> dict:
+    """One batch of a sweep from images prepared elsewhere (the archive job's CPU tasks).
+
+    Parameters
+    ----------
+    cam : a CAM from :func:`mammography.cam.methods.create_cam` (inside its ``with``).
+    preprocessing : the run's :class:`~mammography.data.preprocess.Preprocessing`
+        (normalises the squares into the model input).
+    prepared : :class:`~mammography.data.preprocess.PreparedImage` per image.
+    y_true : (B,) BI-RADS labels 1..4 (used by ``targets="true"``).
+    targets : as for :func:`sweep_run`.
+
+    Returns
+    -------
+    dict of numpy arrays: ``maps/<layer>``, ``logits``, ``probs``, ``targets``
+    (:meth:`mammography.cam.result.CAMResult.numpy`).
+    """
+    images = torch.stack([preprocessing.to_tensor(p) for p in prepared])
+    labels0 = torch.as_tensor(np.asarray(y_true, dtype=np.int64) - 1)
+    return cam(images, targets=_batch_targets(targets, labels0)).numpy()
 
 
 def sweep_run(

@@ -1,4 +1,4 @@
-"""Dataset manifests (CSV) in any of the accepted forms, as one table.
+"""Dataset manifests (CSV or Parquet) in any of the accepted forms, as one table.
 
 Three forms are accepted (DESIGN section 2); column names match
 case-insensitively:
@@ -70,6 +70,9 @@ OPTIONAL_COLUMNS = ("roi_path", "breast_mask_path", "artifact_bbox", "dense_frac
 
 PATH_COLUMNS = ("image_path", "roi_path", "breast_mask_path")
 
+PARQUET_SUFFIXES = (".parquet", ".pq")
+"""File name endings read as Parquet (anything else is read as CSV)."""
+
 LABEL_COLUMNS = ("density_label", "label", "y", "professional_label", "classification")
 """1-based label columns, in order of preference."""
 
@@ -98,7 +101,9 @@ def load_manifest(
     Parameters
     ----------
     csv_path : str or Path
-        The CSV file.
+        The CSV file, or a Parquet file (``.parquet``) with the same columns;
+        its rows are numbered in messages as the lines of the same table
+        written as CSV (header = line 1).
     dicom_root : str or Path, optional
         Folder with ``<AccessionNumber>/*.dcm``; needed (only) for the
         ``AccessionNumber, Classification`` form. Relative to the current
@@ -128,7 +133,7 @@ def load_manifest(
         bad row (with its line number).
     """
     path = Path(csv_path).expanduser()
-    header, records = _read_csv(path)
+    header, records = _read_table(path)
     columns = {name.strip().lower(): name for name in header}
     if "image_path" in columns:
         table = _from_image_paths(path, records, columns, zero_based, check_files)
@@ -173,6 +178,49 @@ def parse_bbox(value) -> tuple[int, int, int, int] | None:
 # ---------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------
+
+
+def _read_table(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Header and ``(line number, row)`` pairs of a CSV or Parquet manifest (by suffix)."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return _read_parquet(path)
+    return _read_csv(path)
+
+
+def _parquet_cell(value) -> str:
+    """A Parquet value as the CSV text it stands for (empty for null/NaN, ``3`` for 3.0)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _read_parquet(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Header and rows of a Parquet manifest, numbered like the lines of the same table as CSV
+    (header = line 1), so messages name the same row either way."""
+    import pyarrow.parquet as pq
+
+    st = require_regular_file(path, "manifest", ManifestError, "pass the path of a manifest CSV or Parquet file")
+    if st.st_size > MAX_CSV_BYTES:
+        raise ManifestError(f"manifest {printable(path)} is {st.st_size / 1e6:.0f} MB, more than any manifest; "
+                            "check that it is the right file")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises its own error kinds for a damaged file
+        raise ManifestError(f"manifest {printable(path)} is not a readable Parquet file ({exc})") from None
+    header = [str(name).strip() for name in table.column_names]
+    if not header:
+        raise ManifestError(f"manifest {path} has no columns")
+    columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
+    records = []
+    for k, values in enumerate(zip(*columns)):
+        cells = [unescape_cell(_parquet_cell(v)) for v in values]
+        if any(cell.strip() for cell in cells):
+            records.append((k + 2, dict(zip(header, cells))))
+    return header, records
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:

@@ -269,11 +269,25 @@ class Preprocessing:
             image = read_pipelines_image(path, thumbnail_to=self.img_size if self.thumbnail else None)
             square, geometry = prepare_pipelines_input(image, self.img_size)
             return self.dequantise(self.quantise(square), geometry)
-        from mammography.io import prepare_input, read_mammogram, with_orientation
+        from mammography.io import read_mammogram
 
+        return self.prepare_mammogram(read_mammogram(path, percentile_window=self.percentile_window), laterality)
+
+    @property
+    def percentile_window(self) -> str | None:
+        """``read_mammogram``'s ``percentile_window`` this run's files are read with; None for the
+        earlier project's rule, which reads them with its own reader."""
+        return None if self.pipeline == PIPELINES_CROP else self._rules()["percentile_window"]
+
+    def prepare_mammogram(self, mammogram, laterality: str | None = None) -> PreparedImage:
+        """:meth:`prepare` of a fit-pad run on a file already read (by a caller that reads it for other
+        work too), with ``read_mammogram(path, percentile_window=self.percentile_window)``."""
+        from mammography.io import prepare_input, with_orientation
+
+        if self.pipeline == PIPELINES_CROP:
+            raise ConfigError("the earlier project's pipeline reads files with its own reader; use prepare(path)")
         rules = self._rules()
-        mammogram = with_orientation(read_mammogram(path, percentile_window=rules["percentile_window"]),
-                                     laterality_hint=laterality if rules["hints"] else None,
+        mammogram = with_orientation(mammogram, laterality_hint=laterality if rules["hints"] else None,
                                      laterality_sources=rules["laterality_sources"])
         square, geometry = prepare_input(mammogram, size=self.img_size, normalise_laterality=self.normalise_laterality)
         return self.dequantise(self.quantise(square), geometry).with_orientation(mammogram)
