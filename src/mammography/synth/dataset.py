@@ -39,7 +39,6 @@ Conventions
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import math
@@ -48,41 +47,39 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
-from mammography.atomic import write_atomic
 from mammography.csvfiles import csv_bytes
-from mammography.parallel import map_in_processes, resolve_workers
 from mammography.errors import ConfigError
+from mammography.parallel import map_in_processes
+from mammography.synth.common import (
+    MANIFEST_COLUMNS,
+    STUDY_DATE,
+    STUDY_TIME,
+    VIEWS_PER_PATIENT,
+    _allocate,
+    _atomic_write,
+    _check_int,
+    _check_mix,
+    _check_share,
+    _resolve_workers,
+    _save_dicom,
+    _set_pixels,
+    _stratified_split,
+    _uid,
+    _write_png,
+    parse_size,
+)
 from mammography.synth.phantom import Phantom, TARGET_FRACTION_RANGES, make_phantom
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = (
-    "image_path",
-    "density_label",
-    "accession",
-    "patient_id",
-    "view",
-    "laterality",
-    "dense_fraction",
-    "roi_path",
-    "breast_mask_path",
-    "split",
-    "artifact_bbox",
-)
-"""Columns of ``manifest.csv``, in order."""
 
 DEFAULT_SIZE = (1024, 832)
 STYLES = ("clean", "film")
 DEFAULT_CLASS_MIX = (0.1, 0.4, 0.4, 0.1)
-VIEWS_PER_PATIENT = (("R", "CC"), ("L", "CC"), ("R", "MLO"), ("L", "MLO"))
 SHORTCUT_SHARE = 0.9
-STUDY_DATE = "20240115"
-STUDY_TIME = "093000"
 DETECTOR_HEIGHT_MM = 240.0
 _MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
-_WIDTH_PER_ROW = 0.8125  # 832 / 1024: the default aspect
 
 
 @dataclass(frozen=True)
@@ -107,41 +104,6 @@ class _ImagePlan:
     @property
     def stem(self) -> str:
         return f"{self.accession}_{self.laterality}{self.view}"
-
-
-def parse_size(value) -> tuple[int, int]:
-    """Image size from ``"HxW"``, ``"H"``, an int or a pair.
-
-    A single number is the row count; the width follows the default aspect
-    (``round(0.8125 * rows)``, 832 for 1024).
-
-    Raises
-    ------
-    ConfigError
-        Malformed text or a size below 64 x 48.
-    """
-    try:
-        if isinstance(value, str):
-            parts = value.lower().replace("×", "x").split("x")
-            if len(parts) > 2:
-                raise ValueError
-            numbers = [int(p.strip()) for p in parts]
-        elif isinstance(value, (int, np.integer)):
-            numbers = [int(value)]
-        else:
-            numbers = [int(v) for v in value]
-    except (TypeError, ValueError):
-        raise ConfigError(f"size {value!r} is not 'HxW' (e.g. 1024x832) or a row count") from None
-    if len(numbers) == 1:
-        numbers.append(int(round(_WIDTH_PER_ROW * numbers[0])))
-    if len(numbers) != 2:
-        raise ConfigError(f"size {value!r} is not 'HxW' (e.g. 1024x832) or a row count")
-    rows, cols = numbers
-    if rows < 64 or cols < 48:
-        raise ConfigError(f"size {rows}x{cols} is too small: use at least 64x48")
-    if rows * cols > 8192 * 8192:
-        raise ConfigError(f"size {rows}x{cols} is too large: use at most 8192x8192 pixels")
-    return rows, cols
 
 
 def jpeg2000_available() -> bool:
@@ -297,11 +259,6 @@ def _write_image(job: tuple) -> tuple[dict, bool]:
     return _manifest_row(plan, phantom, image_rel, dense_rel, breast_rel), compressed
 
 
-def _resolve_workers(workers: int | None, n_images: int) -> int:
-    """``None`` = automatic: one process for small sets, else up to 8 CPUs."""
-    return resolve_workers(workers, n_images)
-
-
 # ---------------------------------------------------------------------------
 # planning
 # ---------------------------------------------------------------------------
@@ -367,51 +324,6 @@ def _plan(
     return plans
 
 
-def _allocate(total: int, mix: np.ndarray) -> np.ndarray:
-    """Patients per class by largest remainder; then every class with a positive
-    share gets at least one patient (taken from the largest class) when possible."""
-    quota = mix * total
-    counts = np.floor(quota).astype(int)
-    order = np.argsort(-(quota - counts), kind="stable")
-    counts[order[: total - counts.sum()]] += 1
-    positive = np.flatnonzero(mix > 0)
-    if total >= positive.size:
-        for k in positive:
-            if counts[k] == 0:
-                counts[np.argmax(counts)] -= 1
-                counts[k] = 1
-    return counts
-
-
-def _stratified_split(rng: np.random.Generator, classes: np.ndarray, val_frac: float) -> np.ndarray:
-    """Patients' splits: ``round(val_frac * N)`` in val (1..N-1), spread over the classes.
-
-    Each class gets the floor of its share; the rest goes to the classes with
-    the largest remainders, preferring classes that keep a training patient.
-    """
-    splits = np.full(classes.size, "train", dtype=object)
-    total = classes.size
-    if val_frac <= 0 or total < 2:
-        return splits
-    n_val = min(max(int(round(val_frac * total)), 1), total - 1)
-    labels = np.unique(classes)
-    sizes = np.array([(classes == c).sum() for c in labels])
-    quota = val_frac * sizes
-    counts = np.minimum(np.floor(quota).astype(int), np.maximum(sizes - 1, 0))
-    tiebreak = rng.random(labels.size)
-    for capacity in (np.maximum(sizes - 1, 0), sizes):  # keep a train patient first
-        while counts.sum() < n_val:
-            room = np.flatnonzero(counts < capacity)
-            if room.size == 0:
-                break
-            best = room[np.lexsort((tiebreak[room], -(quota[room] - counts[room])))[0]]
-            counts[best] += 1
-    for label, count in zip(labels, counts):
-        members = rng.permutation(np.flatnonzero(classes == label))
-        splits[members[:count]] = "val"
-    return splits
-
-
 def _choose(rng: np.random.Generator, total: int, share: float, keep_one_out: bool = True) -> np.ndarray:
     """Exactly ``round(share * total)`` chosen items (at least one when share > 0)."""
     chosen = np.zeros(total, dtype=bool)
@@ -422,35 +334,6 @@ def _choose(rng: np.random.Generator, total: int, share: float, keep_one_out: bo
         count = min(count, total - 1)
     chosen[rng.permutation(total)[: min(count, total)]] = True
     return chosen
-
-
-def _check_mix(class_mix) -> np.ndarray:
-    try:
-        mix = np.asarray([float(v) for v in class_mix], dtype=float)
-    except (TypeError, ValueError):
-        raise ConfigError(f"class_mix {class_mix!r} must be 4 numbers, e.g. 0.1,0.4,0.4,0.1") from None
-    if mix.size != 4 or not np.all(np.isfinite(mix)) or np.any(mix < 0) or mix.sum() <= 0:
-        raise ConfigError(
-            f"class_mix {class_mix!r} must be 4 non-negative numbers with a positive sum, "
-            "e.g. 0.1,0.4,0.4,0.1"
-        )
-    return mix / mix.sum()
-
-
-def _check_share(name: str, value, allow_one: bool = True) -> None:
-    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
-    ok = ok and 0.0 <= value <= 1.0 and (allow_one or value < 1.0)
-    if not ok:
-        raise ConfigError(f"{name} must be in [0, 1{']' if allow_one else ')'}, got {value!r}")
-
-
-def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name} must be a whole number, got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
-        raise ConfigError(f"{name} must be {bound}, got {value!r}")
-    return int(value)
 
 
 # ---------------------------------------------------------------------------
@@ -478,12 +361,6 @@ def stored_values(pixels: np.ndarray, bits: int, monochrome1: bool) -> tuple[np.
         stored = (top - stored).astype(np.uint16)
         center = top - (low + high) / 2 + 0.5
     return stored, center, width
-
-
-def _uid(seed: int, *parts: str) -> str:
-    from pydicom.uid import generate_uid
-
-    return generate_uid(entropy_srcs=["mammography.synth", str(seed), *parts])
 
 
 def _patient_orientation(laterality: str, view: str) -> list[str]:
@@ -570,26 +447,6 @@ def _write_dicom(path: Path, phantom: Phantom, plan: _ImagePlan, seed: int) -> b
     return compressed
 
 
-def _save_dicom(path: Path, ds) -> None:
-    """Write a data set as a DICOM file (preamble, file meta), atomically, creating its folder."""
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, buffer.getvalue())
-
-
-def _set_pixels(ds, stored: np.ndarray, bits: int, photometric: str) -> None:
-    """The Image Pixel module of a 16-bit container holding ``bits``-bit unsigned values."""
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.Rows, ds.Columns = (int(v) for v in stored.shape)
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = stored.tobytes()
-
-
 @contextlib.contextmanager
 def _quiet_logger(name: str):
     """Silence a library logger's INFO chatter (openjpeg logs "tile number 1 / 1" per file)."""
@@ -600,17 +457,6 @@ def _quiet_logger(name: str):
         yield
     finally:
         chatty.setLevel(level)
-
-
-def _write_png(path: Path, mask: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG")
-    _atomic_write(path, buffer.getvalue())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (phantoms are cheap to redraw: no fsync)."""
-    write_atomic(path, data, durable=False)
 
 
 def _manifest_row(plan: _ImagePlan, phantom: Phantom, image: Path, dense: Path, breast: Path) -> dict:

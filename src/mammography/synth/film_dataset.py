@@ -46,7 +46,7 @@ from PIL import Image
 
 from mammography.errors import ConfigError
 from mammography.parallel import map_in_processes
-from mammography.synth.dataset import (
+from mammography.synth.common import (
     MANIFEST_COLUMNS,
     STUDY_DATE,
     STUDY_TIME,
