@@ -398,14 +398,15 @@ def _add_training_flags(p, outdir_default: str) -> None:
 
 
 def _training_config(args):
-    from mammography.machine import resolve_num_workers
+    from mammography.machine import resolve_device, resolve_num_workers
     from mammography.training.train import TrainConfig
 
     return TrainConfig(
         csv=args.csv, outdir=args.outdir, dicom_root=args.dicom_root, seed=args.seed, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, img_size=args.img_size,
         val_frac=getattr(args, "val_frac", 0.2), save_best=args.save_best, device=args.device,
-        num_workers=resolve_num_workers(args.num_workers), cache_dir=args.cache_dir, use_cache=args.use_cache,
+        num_workers=resolve_num_workers(args.num_workers, resolve_device(args.device)),
+        cache_dir=args.cache_dir, use_cache=args.use_cache,
         normalise_laterality=args.normalise_laterality, pretrained_weights=args.pretrained_weights,
         limit=args.limit, use_manifest_split=getattr(args, "use_manifest_split", False),
         split_seed=getattr(args, "split_seed", None), class_weighted=args.class_weighted, progress=args.progress,
