@@ -578,7 +578,6 @@ def _run_explain_archive(args, layers) -> int:
     from mammography.cam.explain import parse_target
     from mammography.distributed.job import explain_archive
     from mammography.distributed.plan import MetricSettings
-
     from mammography.errors import ConfigError
 
     if args.engine != "ray" and (args.address or args.actors or args.gpus_per_actor or args.num_cpus):
@@ -607,9 +606,8 @@ def _run_explain_archive(args, layers) -> int:
 
 def _run_explain(args) -> int:
     from mammography.cam.explain import explain_runs, parse_target
-    from mammography.errors import ConfigError
-
     from mammography.cam.layers import split_layer_args
+    from mammography.errors import ConfigError
 
     if args.manifest is not None:  # an archive keeps the measured layer alone unless asked: its maps add up
         return _run_explain_archive(args, split_layer_args(args.layers) or None)
