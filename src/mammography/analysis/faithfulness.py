@@ -62,6 +62,7 @@ __all__ = [
     "randomise_modules",
     "cascading_randomisation",
     "occlusion_probabilities",
+    "marker_occlusion",
 ]
 
 BASELINES = ("zero", "blur", "mean")
@@ -352,6 +353,47 @@ def occlusion_probabilities(
     finally:
         model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, 0))
+
+
+def marker_occlusion(
+    model: nn.Module,
+    images: torch.Tensor,
+    masks,
+    backgrounds,
+    mean,
+    std,
+    classes: np.ndarray,
+    before: np.ndarray,
+    *,
+    batch_size: int = 16,
+) -> dict[str, np.ndarray]:
+    """Does each prediction depend on the image's markers? Paint them with the image's background and look.
+
+    Parameters
+    ----------
+    model : the classifier.
+    images : (N, C, S, S) inputs, normalised as the model expects.
+    masks : N (S, S) bool masks of the markers as the model saw them.
+    backgrounds : N background levels in the model's pixel intensities (before normalisation).
+    mean, std : the model's per-channel normalisation.
+    classes : (N,) 0-based predicted class of each image.
+    before : (N,) its probability before painting.
+    batch_size : images per forward pass.
+
+    Returns
+    -------
+    ``marker_occlusion_prob`` (the class's probability after painting),
+    ``marker_occlusion_drop`` (before minus after) and
+    ``marker_occlusion_flip`` (the predicted class changes), one value per image.
+    """
+    mean = torch.tensor(mean, dtype=torch.float32)
+    std = torch.tensor(std, dtype=torch.float32)
+    fill = torch.stack([(torch.full((3,), float(b)) - mean) / std for b in backgrounds])
+    after = occlusion_probabilities(model, images, np.stack(masks), fill, batch_size=batch_size)
+    classes = np.asarray(classes, dtype=int)
+    p_after = after[np.arange(len(classes)), classes]
+    return {"marker_occlusion_prob": p_after, "marker_occlusion_drop": before - p_after,
+            "marker_occlusion_flip": after.argmax(axis=1) != classes}
 
 
 # ---------------------------------------------------------------------------

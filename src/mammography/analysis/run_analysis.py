@@ -73,7 +73,7 @@ from mammography.analysis.faithfulness import (
     cam_explainer,
     cascading_randomisation,
     faithfulness,
-    occlusion_probabilities,
+    marker_occlusion,
 )
 from mammography.analysis.inputs import is_phantom, merge_manifest, orientation_columns, row_sources, select_rows
 from mammography.analysis.localisation import summarise_localisation
@@ -430,22 +430,12 @@ def _stored_beside(run, check, paths: list[str]) -> pd.Series:
 
 
 def _marker_occlusion(model, dataset, jobs: _Occlusion, probs, y_pred, run, options: AnalysisOptions) -> dict:
-    """Per image of ``jobs``: probability of the predicted class with its markers painted over.
-
-    Returns arrays ``marker_occlusion_prob``, ``marker_occlusion_drop``
-    (before minus after) and ``marker_occlusion_flip`` (the predicted class
-    changes), one value per job.
-    """
-    mean = torch.tensor(run.mean, dtype=torch.float32)
-    std = torch.tensor(run.std, dtype=torch.float32)
+    """Per image of ``jobs``: :func:`~mammography.analysis.faithfulness.marker_occlusion` of its predicted class."""
     images = torch.stack([dataset.to_tensor(p) for p in jobs.prepared])
-    fill = torch.stack([(torch.full((3,), float(b)) - mean) / std for b in jobs.backgrounds])
-    after = occlusion_probabilities(model, images, np.stack(jobs.masks), fill, batch_size=options.batch_size)
     rows = np.asarray(jobs.rows)
     cls = y_pred[rows].astype(int) - 1
-    p_after = after[np.arange(len(rows)), cls]
-    return {"marker_occlusion_prob": p_after, "marker_occlusion_drop": probs[rows, cls] - p_after,
-            "marker_occlusion_flip": after.argmax(axis=1) != cls}
+    return marker_occlusion(model, images, jobs.masks, jobs.backgrounds, run.mean, run.std, cls, probs[rows, cls],
+                            batch_size=options.batch_size)
 
 
 def _inputs(dataset, idx: np.ndarray) -> torch.Tensor:

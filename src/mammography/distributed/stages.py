@@ -15,7 +15,7 @@
 2. :class:`CamStage` (actor: one model copy per run, loaded once): the
    sweep's batches (:func:`mammography.cam.sweep.cam_batch`) over the
    readable images, and the marker occlusion of images whose markers the
-   model saw (:func:`mammography.analysis.faithfulness.occlusion_probabilities`).
+   model saw (:func:`mammography.analysis.faithfulness.marker_occlusion`, as ``analyze``).
 3. :func:`finish_unit` (CPU task): per run the attention metrics of all the
    chunk's images at once (:func:`mammography.analysis.measure.measure_images`,
    flags by :func:`mammography.analysis.spurious.image_flags`: analyze's own
@@ -430,25 +430,22 @@ class CamStage:
         (as ``analyze`` computes it: the images whose markers the model saw, :class:`MarkerPaint`)."""
         import torch
 
-        from mammography.analysis.faithfulness import occlusion_probabilities
+        from mammography.analysis.faithfulness import marker_occlusion
 
         n = len(unit.chunk)
         prob, drop, flip = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool)
         jobs = [i for i in ok if group.paint[i] is not None]
-        mean = torch.tensor(preprocessing.mean, dtype=torch.float32)
-        std = torch.tensor(preprocessing.std, dtype=torch.float32)
         for start in range(0, len(jobs), unit.batch_size):
             idx = jobs[start : start + unit.batch_size]
             images = torch.stack([preprocessing.to_tensor(preprocessing.dequantise(group.stored[i], group.geometries[i]))
                                   for i in idx])
-            masks = np.stack([group.paint[i].mask() for i in idx])
-            fill = torch.stack([(torch.full((3,), float(group.paint[i].background)) - mean) / std for i in idx])
-            after = occlusion_probabilities(model, images, masks, fill, batch_size=unit.batch_size)
             rows = np.asarray(idx)
             cls = np.nanargmax(probs[rows], axis=1)
-            p_after = after[np.arange(len(rows)), cls]
-            prob[rows], drop[rows] = p_after, probs[rows, cls] - p_after
-            flip[rows] = after.argmax(axis=1) != cls
+            out = marker_occlusion(model, images, [group.paint[i].mask() for i in idx],
+                                   [group.paint[i].background for i in idx], preprocessing.mean, preprocessing.std,
+                                   cls, probs[rows, cls], batch_size=unit.batch_size)
+            prob[rows], drop[rows] = out["marker_occlusion_prob"], out["marker_occlusion_drop"]
+            flip[rows] = out["marker_occlusion_flip"]
         return {"marker_occlusion_prob": prob, "marker_occlusion_drop": drop, "marker_occlusion_flip": flip}
 
 
