@@ -202,6 +202,11 @@ def cam_batch(cam, preprocessing, prepared: Sequence, y_true: np.ndarray, target
     (:meth:`mammography.cam.result.CAMResult.numpy`).
     """
     images = torch.stack([preprocessing.to_tensor(p) for p in prepared])
+    return _explain(cam, images, y_true, targets)
+
+
+def _explain(cam, images: torch.Tensor, y_true, targets) -> dict:
+    """The CAM call of one batch: ``targets`` resolved against the labels ``y_true`` (1..4), numpy out."""
     labels0 = torch.as_tensor(np.asarray(y_true, dtype=np.int64) - 1)
     return cam(images, targets=_batch_targets(targets, labels0)).numpy()
 
@@ -286,8 +291,7 @@ def sweep_run(
         for images, batch_geometries in bar:
             start = len(geometries)
             geometries.extend(batch_geometries)
-            labels0 = torch.as_tensor(y_true[start : start + len(images)] - 1)
-            parts.append(cam(images, targets=_batch_targets(targets, labels0)).numpy())
+            parts.append(_explain(cam, images, y_true[start : start + len(images)], targets))
         layer_names = cam.layer_names
     arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     return RunMaps(
