@@ -16,7 +16,6 @@ from PIL import Image
 
 from mammography.atomic import write_atomic
 from mammography.errors import ConfigError
-from mammography.parallel import resolve_workers
 
 __all__ = ["MANIFEST_COLUMNS", "STUDY_DATE", "STUDY_TIME", "VIEWS_PER_PATIENT", "parse_size"]
 
@@ -75,11 +74,6 @@ def parse_size(value) -> tuple[int, int]:
     if rows * cols > 8192 * 8192:
         raise ConfigError(f"size {rows}x{cols} is too large: use at most 8192x8192 pixels")
     return rows, cols
-
-
-def _resolve_workers(workers: int | None, n_images: int) -> int:
-    """``None`` = automatic: one process for small sets, else up to 8 CPUs."""
-    return resolve_workers(workers, n_images)
 
 
 def _allocate(total: int, mix: np.ndarray) -> np.ndarray:

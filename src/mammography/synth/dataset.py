@@ -50,7 +50,7 @@ import pandas as pd
 
 from mammography.csvfiles import csv_bytes
 from mammography.errors import ConfigError
-from mammography.parallel import map_in_processes
+from mammography.parallel import map_in_processes, resolve_workers
 from mammography.synth.common import (
     MANIFEST_COLUMNS,
     STUDY_DATE,
@@ -61,7 +61,6 @@ from mammography.synth.common import (
     _check_int,
     _check_mix,
     _check_share,
-    _resolve_workers,
     _save_dicom,
     _set_pixels,
     _stratified_split,
@@ -221,7 +220,7 @@ def generate_dataset(
     from tqdm.auto import tqdm
 
     jobs = [(out_dir, shape, seed, plan) for plan in plans]
-    n_workers = _resolve_workers(workers, len(plans))
+    n_workers = resolve_workers(workers, len(plans))
     rows, compressed = [], 0
     with tqdm(total=len(jobs), desc="phantoms", unit="img", disable=not progress) as bar:
         for row, was_compressed in map_in_processes(_write_image, jobs, n_workers):

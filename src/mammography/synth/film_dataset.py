@@ -45,7 +45,7 @@ import pandas as pd
 from PIL import Image
 
 from mammography.errors import ConfigError
-from mammography.parallel import map_in_processes
+from mammography.parallel import map_in_processes, resolve_workers
 from mammography.synth.common import (
     MANIFEST_COLUMNS,
     STUDY_DATE,
@@ -56,7 +56,6 @@ from mammography.synth.common import (
     _check_int,
     _check_mix,
     _check_share,
-    _resolve_workers,
     _save_dicom,
     _set_pixels,
     _stratified_split,
@@ -159,7 +158,7 @@ def generate_film_dataset(
     jobs = [(out_dir, shape, seed, plan) for plan in plans]
     rows = {fmt: [] for fmt in FILM_MANIFESTS}
     with tqdm(total=len(jobs), desc="film phantoms", unit="img", disable=not progress) as bar:
-        for written in map_in_processes(_write_image, jobs, _resolve_workers(workers, len(plans))):
+        for written in map_in_processes(_write_image, jobs, resolve_workers(workers, len(plans))):
             for fmt, row in written.items():
                 rows[fmt].append(row)
             bar.update()
