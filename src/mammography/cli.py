@@ -104,7 +104,7 @@ def _add_num_workers(group) -> None:
                        help="processes that decode images while the model runs: a number, 0 = decode in the "
                             f"main process, or auto (default: with the model on a GPU every core but one, at most "
                             f"4: {default_num_workers('cuda')} here; on the CPU the cores torch's threads leave "
-                            f"free: {default_num_workers('cpu')} here)")
+                            "free: none while torch uses every core, its default)")
 
 
 def _add_marker_occlusion(group) -> None:
@@ -139,7 +139,7 @@ def _add_progress(group) -> None:
 
 def _add_batch_size(group) -> None:
     """The one --batch-size of the commands that compute Grad-CAM."""
-    from mammography.cam.sweep import DEFAULT_BATCH_SIZE
+    from mammography.cam.defaults import DEFAULT_BATCH_SIZE
 
     group.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
                        help="images per Grad-CAM batch (e.g. --batch-size 64 on a GPU)")
@@ -152,7 +152,7 @@ def _add_method(group) -> None:
 
 def _add_layers(group, use: str) -> None:
     """The one --layers flag (default: two intermediate depths and the final block); ``use`` says what for."""
-    from mammography.cam.sweep import DEFAULT_LAYERS
+    from mammography.cam.defaults import DEFAULT_LAYERS
 
     group.add_argument("--layers", action="extend", nargs="+", metavar="LAYER", default=None,
                        help=f"CAM layers, shallow to deep, comma or space separated, or 'stages' for "
@@ -162,7 +162,7 @@ def _add_layers(group, use: str) -> None:
 
 def _layers(args) -> list[str]:
     from mammography.cam.layers import split_layer_args
-    from mammography.cam.sweep import DEFAULT_LAYERS
+    from mammography.cam.defaults import DEFAULT_LAYERS
 
     return split_layer_args(args.layers) or list(DEFAULT_LAYERS)
 

@@ -8,10 +8,12 @@ so ``auto`` means the same thing everywhere.
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from mammography.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where a device is resolved: the command line's --help reads this module
+    import torch
 
 __all__ = ["MAX_AUTO_WORKERS", "available_cpus", "default_num_workers", "resolve_device", "resolve_num_workers"]
 
@@ -28,6 +30,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     ConfigError
         A CUDA device was asked for on a machine without one, or the name is not a device.
     """
+    import torch
+
     if isinstance(name, torch.device):
         name = str(name)
     if name == "auto":
@@ -58,7 +62,9 @@ def default_num_workers(device: torch.device | str | None = None) -> int:
     one worker made a warm-cache sweep 3.4x slower than none).
     """
     cpus = available_cpus()
-    if device is not None and torch.device(device).type == "cpu":
+    if device is not None and str(device).split(":")[0] == "cpu":
+        import torch
+
         return max(0, min(MAX_AUTO_WORKERS, cpus - torch.get_num_threads()))
     return max(0, min(MAX_AUTO_WORKERS, cpus - 1))
 

@@ -12,36 +12,31 @@ See :mod:`mammography.cam.base` for how gradients are computed,
 the original mammogram and fusing layers.
 """
 
-from mammography.cam.base import BaseCAM, TargetSpec
-from mammography.cam.layers import TargetLayer, default_layer_name, resolve_layers, stage_names
-from mammography.cam.methods import (
-    METHODS,
-    GradCAM,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    XGradCAM,
-    create_cam,
-)
-from mammography.cam.result import FUSE_METHODS, CAMResult, fuse_maps, normalise_maps, upsample_maps
+from mammography._lazy import lazy_exports
 
-__all__ = [
-    "BaseCAM",
-    "TargetSpec",
-    "GradCAM",
-    "GradCAMPlusPlus",
-    "HiResCAM",
-    "XGradCAM",
-    "LayerCAM",
-    "METHODS",
-    "create_cam",
-    "CAMResult",
-    "normalise_maps",
-    "upsample_maps",
-    "fuse_maps",
-    "FUSE_METHODS",
-    "TargetLayer",
-    "resolve_layers",
-    "default_layer_name",
-    "stage_names",
-]
+# imported on first use, so reading a constant of a light module (mammography.cam.defaults: the command
+# line's --help) does not load torch and the engine
+_EXPORTS = {
+    "BaseCAM": "mammography.cam.base",
+    "TargetSpec": "mammography.cam.base",
+    "GradCAM": "mammography.cam.methods",
+    "GradCAMPlusPlus": "mammography.cam.methods",
+    "HiResCAM": "mammography.cam.methods",
+    "XGradCAM": "mammography.cam.methods",
+    "LayerCAM": "mammography.cam.methods",
+    "METHODS": "mammography.cam.methods",
+    "create_cam": "mammography.cam.methods",
+    "CAMResult": "mammography.cam.result",
+    "normalise_maps": "mammography.cam.result",
+    "upsample_maps": "mammography.cam.result",
+    "fuse_maps": "mammography.cam.result",
+    "FUSE_METHODS": "mammography.cam.result",
+    "TargetLayer": "mammography.cam.layers",
+    "resolve_layers": "mammography.cam.layers",
+    "default_layer_name": "mammography.cam.layers",
+    "stage_names": "mammography.cam.layers",
+}
+
+__all__ = list(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from mammography.cam.defaults import DEFAULT_BATCH_SIZE, DEFAULT_LAYERS
 from mammography.cam.layers import LayerSpec, density_layer_names
 from mammography.cam.methods import create_cam
 from mammography.cam.runmaps import RunMaps
@@ -53,12 +54,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TARGET_MODES = ("predicted", "true", "all")
-#: the layers every command sweeps unless told otherwise, shallow to deep: two intermediate depths of
-#: EfficientNet-B0 (32 x 32 and 16 x 16 at 512 px) and the final block (16 x 16), whose maps the figures,
-#: the explorer and the attention numbers use; one record of them serves every command
-DEFAULT_LAYERS: tuple[str, ...] = ("features.4", "features.6", "features.8")
-#: images per CAM batch of every command
-DEFAULT_BATCH_SIZE = 16
 
 
 # --------------------------------------------------------------------------- targets
