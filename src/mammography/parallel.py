@@ -13,9 +13,10 @@ calling process (:func:`resolve_workers`).
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
+
+from mammography.machine import available_cpus
 
 __all__ = ["map_in_processes", "resolve_workers"]
 
@@ -30,8 +31,7 @@ def resolve_workers(workers: int | None, n_jobs: int, *, min_jobs: int = 64, mos
     if workers is None:
         if n_jobs < min_jobs:
             return 1
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, min(most, cpus))
+        return max(1, min(most, available_cpus()))
     return max(1, min(int(workers), n_jobs))
 
 

@@ -27,7 +27,6 @@ entry is computed again.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import zipfile
 from collections import OrderedDict
@@ -38,6 +37,7 @@ import numpy as np
 
 from mammography import __version__
 from mammography.analysis.facts import FACTS_VERSION, FactSources, ImageFacts, compute_image_facts
+from mammography.atomic import sha256_bytes
 from mammography.data.dataset import ContentHashes
 from mammography.errors import OutputError
 from mammography.parallel import map_in_processes, resolve_workers
@@ -85,7 +85,7 @@ class FactStore:
             f"bbox={'-' if sources.artifact_bbox is None else ','.join(str(int(v)) for v in sources.artifact_bbox)}",
             f"roi={'-' if sources.roi_path is None else self.hashes(sources.roi_path, 'ROI mask', _MASK_HINT)}",
         ]
-        return hashlib.sha256(";".join(parts).encode()).hexdigest()
+        return sha256_bytes(";".join(parts).encode())
 
     def entry_path(self, key: str) -> Path | None:
         """Where the entry of ``key`` lives on disk (None without a cache folder)."""

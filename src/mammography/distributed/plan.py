@@ -23,7 +23,6 @@ background level).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import pandas as pd
 from mammography.analysis.facts import FACTS_VERSION
 from mammography.analysis.localisation import ATTENTION_THRESHOLD
 from mammography.analysis.spurious import BORDER_FRACTION, SpuriousThresholds
+from mammography.atomic import sha256_bytes
 from mammography.errors import ConfigError
 
 __all__ = [
@@ -70,7 +70,7 @@ _ROW_FIELDS = ("image_path", "y_true", "accession", "patient_id", "view", "later
 def content_id(value, length: int = 20) -> str:
     """Hex SHA-256 (first ``length`` digits) of ``value`` as canonical JSON."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+    return sha256_bytes(text.encode("utf-8"))[:length]
 
 
 @dataclass(frozen=True)
