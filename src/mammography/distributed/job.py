@@ -93,12 +93,10 @@ def load_archive_runs(specs, layers=None, method: str = "gradcam", targets="pred
     from mammography.cam.explain import run_folder_name
     from mammography.cam.methods import create_cam
     from mammography.cam.sweep import target_mode_name
-    from mammography.runs import is_cv_root, load_cv_run, load_run, resolve_runs
+    from mammography.runs import expand_folds, open_runs
 
     target_mode = target_mode_name(targets)
-    runs = []
-    for path in resolve_runs(specs, outputs_root=outputs_root):
-        runs.extend(load_cv_run(path).folds if is_cv_root(path) else [load_run(path)])
+    runs = expand_folds(open_runs(specs, outputs_root=outputs_root))
     if not runs:
         raise ConfigError("no run to explain; give at least one --run")
     labels = run_labels(runs)
